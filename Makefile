@@ -1,0 +1,34 @@
+# The two commands of the README's quick start, and a few helpers.
+PYTHON ?= python3
+# Where MNIST's gzipped IDX files live (a folder holding mnist/). CI and this repo's tests use the
+# shared copy of the test split beside the checkout; elsewhere the library downloads MNIST.
+SCORE_MODELS_DATA ?= $(abspath ../shared/data)
+export SCORE_MODELS_DATA
+
+.PHONY: book test test-fast artifacts benchmarks
+
+# Render the book from the committed notebook outputs (needs the quarto binary).
+book:
+	$(PYTHON) -m pip install -q -e ".[book]" || $(PYTHON) -m pip install -q -e .
+	@command -v quarto >/dev/null 2>&1 || { \
+	  echo "quarto is not installed: get it from https://quarto.org/docs/get-started/ or"; \
+	  echo "'conda env create -f environment.yml' (conda-forge ships quarto), then rerun 'make book'."; \
+	  exit 1; }
+	quarto render
+
+# Every unit test and every chapter notebook (nbval, lax mode) against the cached artifacts.
+test:
+	$(PYTHON) -m pip install -q -e ".[test]"
+	SCORE_MODELS_ARTIFACTS=require $(PYTHON) -m pytest --nbval-lax -p no:cacheprovider tests notebooks
+
+# Unit tests only (no notebooks).
+test-fast:
+	SCORE_MODELS_ARTIFACTS=require $(PYTHON) -m pytest -p no:cacheprovider tests
+
+# Retrain every cached model from scratch.
+artifacts:
+	$(PYTHON) -m pip install -q -e .
+	score-models artifacts build
+
+benchmarks:
+	$(PYTHON) -m benchmarks

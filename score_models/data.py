@@ -1,0 +1,194 @@
+"""Datasets for the chapters: 1D mixtures, 2D sets and MNIST.
+
+Every sampler returns float32 arrays of shape `(n, d)`; MNIST returns images of shape
+`(n, 1, 28, 28)` in [0, 1] and integer labels.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import struct
+import tempfile
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ._checks import check_positive_int
+from .distributions import GaussianMixture
+
+# ----------------------------------------------------------------------------------------
+# Toy distributions
+
+
+def running_example() -> GaussianMixture:
+    """The book's running example: a 1D mixture with means -15, 0, 15, unit stds and weights
+    0.5, 0.25, 0.25. Far-apart modes with unequal weights: exactly what plain Langevin gets
+    wrong."""
+    return GaussianMixture(
+        means=jnp.array([[-15.0], [0.0], [15.0]]),
+        stds=jnp.array([1.0, 1.0, 1.0]),
+        weights=jnp.array([0.5, 0.25, 0.25]),
+    )
+
+
+def gaussian_mixture_2d() -> GaussianMixture:
+    """A 2D mixture of six components on a circle of radius 4, std 0.4, unequal weights."""
+    angles = jnp.linspace(0.0, 2 * jnp.pi, 6, endpoint=False)
+    means = 4.0 * jnp.stack([jnp.cos(angles), jnp.sin(angles)], axis=-1)
+    weights = jnp.array([0.3, 0.1, 0.2, 0.1, 0.2, 0.1])
+    return GaussianMixture(means, jnp.full((6,), 0.4), weights)
+
+
+def _seed(key: PRNGKeyArray) -> int:
+    """A NumPy seed derived deterministically from a JAX key (for scikit-learn generators)."""
+    return int(jax.random.randint(key, (), 0, 2**31 - 1))
+
+
+def two_moons(key: PRNGKeyArray, n: int, *, noise: float = 0.05) -> Float[Array, "n 2"]:
+    """`n` points of scikit-learn's two moons, standardised to zero mean and unit variance per
+    axis (using the constants of the noiseless moons, so every draw is scaled identically)."""
+    from sklearn.datasets import make_moons
+
+    n = check_positive_int("n", n)
+    x, _ = make_moons(n_samples=n, noise=noise, random_state=_seed(key))
+    # Mean and per-axis std of the noiseless moons (computed from the two half circles).
+    x = (x - np.array([0.5, 0.25])) / np.array([0.8660, 0.4942])
+    return jnp.asarray(x, dtype=jnp.float32)
+
+
+def circles(key: PRNGKeyArray, n: int, *, noise: float = 0.05, factor: float = 0.5) -> Float[Array, "n 2"]:
+    """`n` points of scikit-learn's two concentric circles (radii 1 and `factor`), scaled by 2."""
+    from sklearn.datasets import make_circles
+
+    n = check_positive_int("n", n)
+    x, _ = make_circles(n_samples=n, noise=noise, factor=factor, random_state=_seed(key))
+    return jnp.asarray(2.0 * x, dtype=jnp.float32)
+
+
+DATASETS_2D = ("moons", "gaussians", "circles")
+
+
+def dataset_2d(name: str, key: PRNGKeyArray, n: int) -> Float[Array, "n 2"]:
+    """`n` points of a 2D dataset chosen by `name`: one of `"moons"`, `"gaussians"`, `"circles"`."""
+    if name == "moons":
+        return two_moons(key, n)
+    if name == "circles":
+        return circles(key, n)
+    if name == "gaussians":
+        return gaussian_mixture_2d().sample(key, check_positive_int("n", n))
+    raise ValueError(f"`name` must be one of {DATASETS_2D}, got {name!r}.")
+
+
+# ----------------------------------------------------------------------------------------
+# MNIST
+
+MNIST_MIRRORS = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+)
+
+# file name -> (size in bytes, sha256) of the canonical gzipped IDX files.
+MNIST_FILES = {
+    "train-images-idx3-ubyte.gz": (9912422, "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
+    "train-labels-idx1-ubyte.gz": (28881, "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
+    "t10k-images-idx3-ubyte.gz": (1648877, "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
+    "t10k-labels-idx1-ubyte.gz": (4542, "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
+}
+_SPLIT_PREFIX = {"train": "train", "test": "t10k"}
+
+
+def data_dir() -> Path:
+    """The data directory: `$SCORE_MODELS_DATA`, default `~/.cache/score_models`."""
+    return Path(os.environ.get("SCORE_MODELS_DATA", Path.home() / ".cache" / "score_models"))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _download(name: str, dest: Path, mirrors=MNIST_MIRRORS) -> None:
+    """Downloads `name` into `dest` atomically (temp file, verify, rename)."""
+    size, sha = MNIST_FILES[name]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for mirror in mirrors:
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(mirror + name, timeout=30) as resp:
+                while chunk := resp.read(1 << 20):
+                    out.write(chunk)
+            got = _sha256(Path(tmp))
+            if got != sha:
+                errors.append(f"{mirror}: sha256 {got} != expected {sha}")
+                continue
+            os.replace(tmp, dest)
+            return
+        except (urllib.error.URLError, OSError, TimeoutError) as e:
+            errors.append(f"{mirror}: {e}")
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    raise OSError(
+        f"Could not download MNIST file {name!r} ({size} bytes). Tried:\n  " + "\n  ".join(errors)
+        + f"\nPlace the file by hand at {dest} (or set SCORE_MODELS_DATA to a folder holding mnist/{name})."
+    )
+
+
+def mnist_file(name: str, *, download: bool = True) -> Path:
+    """The path of a verified MNIST file in `data_dir()/mnist/`, downloading it if missing."""
+    if name not in MNIST_FILES:
+        raise ValueError(f"`name` must be one of {sorted(MNIST_FILES)}, got {name!r}.")
+    path = data_dir() / "mnist" / name
+    if not path.exists():
+        if not download:
+            raise FileNotFoundError(f"MNIST file {name!r} not found at {path}.")
+        _download(name, path)
+    size, sha = MNIST_FILES[name]
+    got = _sha256(path)
+    if got != sha:
+        raise ValueError(
+            f"MNIST file {path} is corrupt: sha256 {got}, expected {sha} ({size} bytes). Delete it to re-download."
+        )
+    return path
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Reads a gzipped IDX file (the MNIST format) into a NumPy array of unsigned bytes."""
+    with gzip.open(path, "rb") as f:
+        zero, dtype_code, ndim = struct.unpack(">HBB", f.read(4))
+        if zero != 0 or dtype_code != 0x08:
+            raise ValueError(f"{path} is not an unsigned-byte IDX file (header {zero}, {dtype_code:#x}).")
+        shape = struct.unpack(f">{ndim}I", f.read(4 * ndim))
+        data = np.frombuffer(f.read(), dtype=np.uint8)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"{path} holds {data.size} values, its header promises shape {shape}.")
+    return data.reshape(shape)
+
+
+def mnist(split: str = "train", *, download: bool = True) -> tuple[Float[Array, "n 1 28 28"], Array]:
+    """MNIST images `(n, 1, 28, 28)` float32 in [0, 1] and labels `(n,)` int32.
+
+    `split` is `"train"` (60,000 images) or `"test"` (10,000). Files are read from
+    `$SCORE_MODELS_DATA/mnist/`, downloaded and verified when missing.
+    """
+    if split not in _SPLIT_PREFIX:
+        raise ValueError(f"`split` must be 'train' or 'test', got {split!r}.")
+    prefix = _SPLIT_PREFIX[split]
+    images = read_idx(mnist_file(f"{prefix}-images-idx3-ubyte.gz", download=download))
+    labels = read_idx(mnist_file(f"{prefix}-labels-idx1-ubyte.gz", download=download))
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"MNIST {split}: {images.shape[0]} images but {labels.shape[0]} labels.")
+    x = jnp.asarray(images[:, None, :, :], dtype=jnp.float32) / 255.0
+    return x, jnp.asarray(labels, dtype=jnp.int32)

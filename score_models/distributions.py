@@ -1,0 +1,122 @@
+"""Analytic ground truth: isotropic Gaussian mixtures in any dimension."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ._checks import as_float_array, check_finite, check_positive, is_concrete
+
+
+class GaussianMixture(eqx.Module):
+    """A mixture of isotropic Gaussians, `p(x) = sum_k w_k N(x; mu_k, s_k^2 I)`.
+
+    An equinox module: it can be passed through `jit` and `vmap`, and `perturbed(sigma)` accepts
+    a traced `sigma`. All per-example methods take ONE point `x` of shape `(d,)`; `vmap` them for
+    batches.
+
+    **Arguments:**
+
+    - `means`: `(k, d)` component means.
+    - `stds`: `(k,)` component standard deviations (positive).
+    - `weights`: `(k,)` mixture weights (non-negative; normalised to sum to one).
+    """
+
+    means: Float[Array, "k d"]
+    stds: Float[Array, " k"]
+    weights: Float[Array, " k"]
+
+    def __init__(self, means, stds, weights):
+        means = as_float_array("means", means, ndim=2)
+        stds = as_float_array("stds", stds, ndim=1)
+        weights = as_float_array("weights", weights, ndim=1)
+        k = means.shape[0]
+        if stds.shape[0] != k or weights.shape[0] != k:
+            raise ValueError(
+                f"`means`, `stds` and `weights` must describe the same number of components: "
+                f"got means {tuple(means.shape)}, stds {tuple(stds.shape)}, weights {tuple(weights.shape)}."
+            )
+        check_finite("means", means)
+        check_positive("stds", stds)
+        if is_concrete(weights):
+            w = np.asarray(weights, dtype=np.float64)
+            if np.any(~np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+                raise ValueError(f"`weights` must be non-negative with a positive sum, got {w.tolist()}.")
+        self.means = means
+        self.stds = stds
+        self.weights = weights / jnp.sum(weights)
+
+    @property
+    def dim(self) -> int:
+        """The dimension `d` of the space."""
+        return self.means.shape[1]
+
+    @property
+    def n_components(self) -> int:
+        """The number of components `k`."""
+        return self.means.shape[0]
+
+    def _check_point(self, x):
+        x = jnp.asarray(x)
+        if x.shape != (self.dim,):
+            raise ValueError(
+                f"`x` must be ONE point of shape ({self.dim},); got shape {tuple(x.shape)}. "
+                f"Use jax.vmap for batches."
+            )
+        return x
+
+    def component_log_probs(self, x: Float[Array, " d"]) -> Float[Array, " k"]:
+        """`log w_k + log N(x; mu_k, s_k^2 I)` for every component, shape `(k,)`."""
+        x = self._check_point(x)
+        d = self.dim
+        sq = jnp.sum((x - self.means) ** 2, axis=-1)
+        log_norm = -0.5 * d * jnp.log(2 * jnp.pi * self.stds**2)
+        return jnp.log(self.weights) + log_norm - 0.5 * sq / self.stds**2
+
+    def log_prob(self, x: Float[Array, " d"]) -> Float[Array, ""]:
+        """The log-density at one point `x` of shape `(d,)`; a scalar."""
+        return jax.nn.logsumexp(self.component_log_probs(x))
+
+    def responsibilities(self, x: Float[Array, " d"]) -> Float[Array, " k"]:
+        """Posterior component probabilities `p(k | x)`, shape `(k,)`."""
+        return jax.nn.softmax(self.component_log_probs(x))
+
+    def score(self, x: Float[Array, " d"]) -> Float[Array, " d"]:
+        """The score `grad_x log p(x)` at one point, shape `(d,)`, in closed form:
+        `sum_k p(k | x) (mu_k - x) / s_k^2`."""
+        x = self._check_point(x)
+        r = self.responsibilities(x)
+        return jnp.sum(r[:, None] * (self.means - x) / self.stds[:, None] ** 2, axis=0)
+
+    def sample(self, key: PRNGKeyArray, n: int) -> Float[Array, "n d"]:
+        """`n` exact samples, shape `(n, d)`."""
+        if not isinstance(n, (int, np.integer)) or n <= 0:
+            raise ValueError(f"`n` must be a positive integer, got {n!r}.")
+        key_k, key_z = jax.random.split(key)
+        k = jax.random.choice(key_k, self.n_components, (int(n),), p=self.weights)
+        z = jax.random.normal(key_z, (int(n), self.dim), dtype=self.means.dtype)
+        return self.means[k] + self.stds[k, None] * z
+
+    def perturbed(self, sigma) -> "GaussianMixture":
+        """The mixture convolved with `N(0, sigma^2 I)`: the distribution of `x + sigma z`.
+
+        A mixture again, with the same means and weights and stds `sqrt(s_k^2 + sigma^2)`.
+        `sigma` may be a traced scalar.
+        """
+        sigma = jnp.asarray(sigma, dtype=self.stds.dtype)
+        if sigma.shape != ():
+            raise ValueError(f"`sigma` must be a scalar, got shape {tuple(sigma.shape)}.")
+        if is_concrete(sigma) and not float(sigma) >= 0:
+            raise ValueError(f"`sigma` must be non-negative, got {float(sigma)}.")
+        return GaussianMixture(self.means, jnp.sqrt(self.stds**2 + sigma**2), self.weights)
+
+    def cdf(self, x: Float[Array, "..."]) -> Float[Array, "..."]:
+        """The cumulative distribution function of a 1D mixture, elementwise on any shape."""
+        if self.dim != 1:
+            raise ValueError(f"`cdf` is defined for 1D mixtures only; this one has d={self.dim}.")
+        x = jnp.asarray(x)[..., None]
+        z = (x - self.means[:, 0]) / self.stds
+        return jnp.sum(self.weights * jax.scipy.stats.norm.cdf(z), axis=-1)

@@ -1,0 +1,3 @@
+"""Recipes for the models of chapter 2."""
+
+from __future__ import annotations

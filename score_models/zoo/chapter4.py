@@ -1,0 +1,3 @@
+"""Recipes for the models of chapter 4."""
+
+from __future__ import annotations
