@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import math
+import os
+import tempfile
 import time
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import equinox as eqx
@@ -64,6 +68,7 @@ def fit(
     ema_decay: float | None = None,
     chunk_size: int | None = None,
     devices: Sequence[jax.Device] | None = None,
+    checkpoint: str | os.PathLike | None = None,
 ) -> tuple[eqx.Module, dict[str, Any]]:
     """Trains `model` by minimising `loss_fn(model, batch, key)` with `optimizer`.
 
@@ -90,6 +95,10 @@ def fit(
       it as the model.
     - `chunk_size`: steps per compiled scan (default: about 50 progress updates per run).
     - `devices`: the devices to shard each batch over.
+    - `checkpoint`: a file to save the training state to after every chunk (atomically) and
+      to resume from when it exists. Since each step's randomness depends only on `key` and the
+      step number, a resumed run ends exactly where an uninterrupted one would. The file is
+      removed when training finishes.
 
     **Returns:** `(model, history)`: the trained model (the EMA if `ema_decay` is given) and a
     dict with `"loss"` (a `(steps,)` NumPy array), `"seconds"` and `"steps_per_second"`.
@@ -153,9 +162,12 @@ def fit(
         return jax.lax.scan(lambda c, k: step(data, c, k), carry, keys)
 
     losses = np.empty(steps, dtype=np.float32)
+    done = 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        carry, done, losses = _load_checkpoint(Path(checkpoint), carry, losses, steps)
+        carry = jax.device_put(carry, replicated)
     t0 = time.perf_counter()
-    with tqdm(total=steps, disable=not progress, desc="fit", unit="step", leave=False) as bar:
-        done = 0
+    with tqdm(total=steps, initial=done, disable=not progress, desc="fit", unit="step", leave=False) as bar:
         while done < steps:
             length = min(chunk, steps - done)
             carry, chunk_losses = run_chunk(carry, data, jnp.arange(done, done + length))
@@ -172,12 +184,46 @@ def fit(
             done += length
             bar.update(length)
             bar.set_postfix(loss=f"{float(chunk_losses.mean()):.4g}")
+            if checkpoint is not None and done < steps:
+                _save_checkpoint(Path(checkpoint), carry, done, losses, steps)
     seconds = time.perf_counter() - t0
+    if checkpoint is not None and Path(checkpoint).exists():
+        Path(checkpoint).unlink()
 
     params, _, ema = carry
     trained = eqx.combine(ema if ema is not None else params, static)
     history = {"loss": losses, "seconds": seconds, "steps_per_second": steps / seconds}
     return trained, history
+
+
+def _save_checkpoint(path: Path, carry, done: int, losses: np.ndarray, steps: int) -> None:
+    """Atomically writes the training state after `done` steps."""
+    buffer = io.BytesIO()
+    eqx.tree_serialise_leaves(buffer, (carry, jnp.asarray(losses), jnp.asarray([done, steps])))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(buffer.getvalue())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _load_checkpoint(path: Path, carry, losses: np.ndarray, steps: int):
+    """Reads a state written by `_save_checkpoint` for the same model, optimiser and `steps`."""
+    like = (carry, jnp.asarray(losses), jnp.zeros(2, jnp.int32))
+    try:
+        carry, saved_losses, counters = eqx.tree_deserialise_leaves(path, like)
+    except Exception as e:
+        raise ValueError(
+            f"`checkpoint` {path} does not match this model and optimiser ({e}); delete it to start over."
+        ) from e
+    done, saved_steps = (int(c) for c in counters)
+    if saved_steps != steps:
+        raise ValueError(f"`checkpoint` {path} was written for steps={saved_steps}, not steps={steps}.")
+    return carry, done, np.array(saved_losses)
 
 
 def thin_history(loss: np.ndarray, max_points: int = 200) -> list[float]:
