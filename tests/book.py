@@ -96,6 +96,18 @@ def chapter_notebooks(config: dict) -> list[str]:
     return [f for f in book_chapters(config) if f.endswith(".ipynb")]
 
 
+def missing_listed_files(config: dict, root: Path = ROOT) -> list[str]:
+    """Chapters and appendices named in _quarto.yml that do not exist under ``root``."""
+    return [f for f in book_files(config) if not (root / f).is_file()]
+
+
+def unlisted_chapter_notebooks(config: dict, root: Path = ROOT) -> list[str]:
+    """Chapter notebooks (``notebooks/NN_*.ipynb``) that exist but are not in the book."""
+    listed = set(book_files(config))
+    found = sorted(p.relative_to(root).as_posix() for p in root.glob("notebooks/[0-9][0-9]_*.ipynb"))
+    return [f for f in found if f not in listed]
+
+
 def listed_or_empty(kind: str) -> list[str]:
     """For test parametrisation: the listed files, or [] when _quarto.yml cannot be read
     (then the dedicated _quarto.yml tests fail with the real error)."""
@@ -175,12 +187,20 @@ def parse_qmd(text: str, name: str = "<qmd>") -> Document:
 
 
 def parse_notebook(nb, name: str = "<notebook>") -> Document:
+    """Markdown and code cells, in order. A code cell's ``text/markdown`` outputs (numbers
+    computed in the notebook and shown with ``IPython.display.Markdown``) are prose that quarto
+    renders too, so they follow their cell as extra markdown cells with the same index."""
     cells = []
     for i, cell in enumerate(nb.cells):
         if cell.cell_type == "markdown":
             cells.append(Cell("markdown", cell.source, i))
         elif cell.cell_type == "code":
             cells.append(Cell("code", cell.source, i, cell_options(cell.source)))
+            for out in cell.get("outputs", []):
+                markdown = out.get("data", {}).get("text/markdown")
+                if markdown is not None:
+                    text = "".join(markdown) if isinstance(markdown, list) else str(markdown)
+                    cells.append(Cell("markdown", text, i))
     return Document(name, cells)
 
 
@@ -511,9 +531,11 @@ def _parse_fields(body: str) -> dict[str, str]:
 def parse_bib(text: str) -> list[BibEntry]:
     """A small BibTeX reader: entries in order (duplicates kept, so they can be reported)."""
     entries = []
-    for m in re.finditer(r"@\s*([A-Za-z]+)\s*(?=[{(])", text):
+    entry_start = re.compile(r"@\s*([A-Za-z]+)\s*(?=[{(])")
+    pos = 0
+    while (m := entry_start.search(text, pos)) is not None:
         etype = m.group(1).lower()
-        body, _ = _read_braced(text, m.end())
+        body, pos = _read_braced(text, m.end())  # continue after the whole entry
         if etype in ("comment", "string", "preamble"):
             continue
         key, _, rest = body.partition(",")
