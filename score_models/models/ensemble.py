@@ -43,6 +43,7 @@ class ScoreEnsemble(eqx.Module):
 
     @property
     def n_members(self) -> int:
+        """The number of members `L`."""
         return self.sigmas.shape[0]
 
     def _apply(self, member, x, sigma):
@@ -63,6 +64,7 @@ class ScoreEnsemble(eqx.Module):
         return eqx.filter_vmap(one)(self.members, self.sigmas)
 
     def __call__(self, x: Float[Array, " d"], sigma: Float[Array, ""]) -> Float[Array, " d"]:
+        """The score at ONE point `x: (d,)` from the member whose sigma is nearest `sigma`."""
         sigma = jnp.asarray(sigma, dtype=self.sigmas.dtype)
         i = jnp.argmin(jnp.abs(jnp.log(self.sigmas) - jnp.log(sigma)))
         return self._apply(self.member(i), x, self.sigmas[i])

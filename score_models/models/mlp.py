@@ -42,6 +42,7 @@ class MLP(eqx.Module):
                               check_positive_int("depth", depth), activation=activation, key=key)
 
     def __call__(self, x: Float[Array, " d"]) -> Float[Array, " d"]:
+        """The score at ONE point `x` of shape `(d,)`; returns shape `(d,)`."""
         _check_input(x, self.dim)
         return self.net(x)
 
@@ -93,6 +94,8 @@ class NoiseConditionalMLP(eqx.Module):
                               check_positive_int("depth", depth), activation=activation, key=key)
 
     def __call__(self, x: Float[Array, " d"], sigma: Float[Array, ""]) -> Float[Array, " d"]:
+        """The score at ONE point `x` of shape `(d,)` and noise level `sigma` (a scalar);
+        returns shape `(d,)`."""
         _check_input(x, self.dim)
         sigma = jnp.asarray(sigma, dtype=x.dtype)
         if sigma.shape != ():

@@ -1,0 +1,262 @@
+"""The benchmarks. Each takes `smoke` (toy sizes) and `peak` (GFLOP/s, once measured) and
+returns a dict of results; every ratio is measured in this process against a reference run."""
+
+from __future__ import annotations
+
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import score_models as sm
+
+from .timing import best_time, block, xla_flops
+
+
+class Unavailable(Exception):
+    """A benchmark whose subject does not exist yet (e.g. a chapter not landed)."""
+
+
+def _recipe(name: str):
+    try:
+        return sm.zoo.get(name)
+    except ValueError as e:
+        raise Unavailable(str(e)) from e
+
+
+# --------------------------------------------------------------------------- machine peak
+
+
+def matmul_peak(*, smoke: bool, peak=None) -> dict:
+    """float32 matmul throughput: the roofline everything else is a fraction of."""
+    n = 256 if smoke else 2048
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    seconds = best_time(lambda: dot(a, b), repeats=3 if smoke else 10)
+    return {"matmul_peak_gflops": 2 * n**3 / seconds / 1e9, "matmul_size": n}
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _chapter2_setup(smoke: bool):
+    r = _recipe("noise_conditional_1d")
+    gm = sm.data.running_example()
+    data = gm.sample(jax.random.key(0), 2_000 if smoke else 10_000)
+    model = sm.models.from_config(r.config["model"], jax.random.key(1))
+    sigmas = jnp.asarray(sm.models.from_config(_recipe("ensemble_1d").config["model"]).sigmas)
+    return gm, data, model, sigmas
+
+
+def _python_loop_fit(model, loss_fn, data, optimizer, *, steps, key, batch_size):
+    """The reference: a per-step Python loop over the same jitted step as `fit`'s scan body."""
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    opt_state = optimizer.init(params)
+    n = data.shape[0]
+
+    @jax.jit
+    def step(params, opt_state, data, step_key):
+        key_batch, key_loss = jax.random.split(step_key)
+        batch = data[jax.random.randint(key_batch, (batch_size,), 0, n)]
+        loss, grads = jax.value_and_grad(lambda p: loss_fn(eqx.combine(p, static), batch, key_loss))(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return eqx.apply_updates(params, updates), opt_state, loss
+
+    block(step(params, opt_state, data, jax.random.key(0)))  # compile outside the timing
+    t0 = time.perf_counter()
+    for i in range(steps):
+        params, opt_state, loss = step(params, opt_state, data, jax.random.fold_in(key, i))
+    block(params)
+    return time.perf_counter() - t0
+
+
+def _fit_seconds(model, loss_fn, data, optimizer, *, steps, key, batch_size) -> float:
+    """Steady-state seconds of `steps` steps of `fit`: the difference of two runs (2x and 1x
+    `steps`), which cancels the per-call compilation."""
+    def run(s):
+        t0 = time.perf_counter()
+        m, _ = sm.fit(model, loss_fn, data, optimizer, steps=s, key=key, batch_size=batch_size,
+                      progress=False, chunk_size=max(1, steps // 4))
+        block(eqx.filter(m, eqx.is_array))
+        return time.perf_counter() - t0
+
+    run(steps)  # warm caches
+    return max(run(2 * steps) - run(steps), 1e-9)
+
+
+def fit_vs_python_loop(*, smoke: bool, peak=None) -> dict:
+    """`fit` against a per-step Python loop over the same jitted step (chapter-2 model,
+    multi-scale denoising loss, batch 256)."""
+    gm, data, model, sigmas = _chapter2_setup(smoke)
+    steps = 100 if smoke else 2_000
+    loss_fn = sm.losses.multiscale_denoising_score_matching(sigmas)
+    opt = optax.adam(1e-3)
+    kw = dict(steps=steps, key=jax.random.key(2), batch_size=256)
+    t_fit = _fit_seconds(model, loss_fn, data, opt, **kw)
+    t_loop = _python_loop_fit(model, loss_fn, data, opt, **kw)
+    out = {"fit_vs_python_loop": t_loop / t_fit, "fit_steps_per_second": steps / t_fit,
+           "python_loop_steps_per_second": steps / t_loop}
+    if peak:
+        params, static = eqx.partition(model, eqx.is_inexact_array)
+        opt_state = opt.init(params)
+
+        @jax.jit
+        def one_step(params, opt_state, batch, key):
+            loss, grads = jax.value_and_grad(lambda p: loss_fn(eqx.combine(p, static), batch, key))(params)
+            updates, opt_state = opt.update(grads, opt_state, params)
+            return eqx.apply_updates(params, updates), opt_state, loss
+
+        flops = xla_flops(one_step, params, opt_state, data[:256], jax.random.key(0))
+        out["training_gflops"] = flops * steps / t_fit / 1e9
+        out["training_fraction_of_peak"] = out["training_gflops"] / peak
+    return out
+
+
+def ensemble_vs_model_list(*, smoke: bool, peak=None) -> dict:
+    """Nine one-per-sigma models as one vmapped `ScoreEnsemble` against a Python list of nine
+    models whose losses are summed in one jitted loss; same steps, batch and optimiser."""
+    r = _recipe("ensemble_1d")
+    ensemble = sm.models.from_config(r.config["model"], jax.random.key(1))
+    sigmas = ensemble.sigmas
+    members = [ensemble.member(i) for i in range(ensemble.n_members)]
+    data = sm.data.running_example().sample(jax.random.key(0), 2_000 if smoke else 10_000)
+    steps = 100 if smoke else 2_000
+
+    def list_loss(models, batch, key):
+        total = 0.0
+        for i, (m, sigma) in enumerate(zip(models, sigmas)):
+            z = jax.random.normal(jax.random.fold_in(key, i), batch.shape)
+            wrapped = lambda x, m=m, s=sigma: ensemble._apply(m, x, s)  # noqa: E731
+            s = jax.vmap(wrapped)(batch + sigma * z)
+            total = total + 0.5 * jnp.mean(jnp.sum((sigma * s + z) ** 2, axis=-1))
+        return total / len(models)
+
+    kw = dict(steps=steps, key=jax.random.key(2), batch_size=256)
+    opt = optax.adam(1e-3)
+    t_ens = _fit_seconds(ensemble, sm.losses.multiscale_denoising_score_matching(sigmas), data, opt, **kw)
+    t_list = _fit_seconds(members, list_loss, data, opt, **kw)
+    return {"ensemble_vs_model_list": t_list / t_ens, "ensemble_steps_per_second": steps / t_ens,
+            "model_list_steps_per_second": steps / t_list, "ensemble_members": int(len(members))}
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def langevin_throughput(*, smoke: bool, peak=None) -> dict:
+    """Annealed Langevin with the chapter-2 noise-conditional model: particle-steps per second
+    and the fraction of the matmul peak it reaches (FLOPs from XLA's cost analysis of one step)."""
+    gm, _, model, sigmas = _chapter2_setup(smoke)
+    n = 1_000 if smoke else 10_000
+    n_steps_each = 5 if smoke else 100
+    x0 = sigmas[0] * jax.random.normal(jax.random.key(3), (n, 1))
+    run = lambda: sm.annealed_langevin(model, x0, sigmas, jax.random.key(4), eps=0.05,  # noqa: E731
+                                       n_steps_each=n_steps_each)
+    seconds = best_time(run, repeats=2)
+    total_steps = sigmas.shape[0] * n_steps_each
+    out = {"langevin_particle_steps_per_second": n * total_steps / seconds, "langevin_seconds": seconds}
+    if peak:
+        @jax.jit
+        def one_step(model, x, key):
+            s = jax.vmap(model, in_axes=(0, None))(x, sigmas[-1])
+            return x + 0.025 * s + 0.2 * jax.random.normal(key, x.shape)
+
+        flops = xla_flops(one_step, model, x0, jax.random.key(0))
+        out["langevin_gflops"] = flops * total_steps / seconds / 1e9
+        out["langevin_fraction_of_peak"] = out["langevin_gflops"] / peak
+    return out
+
+
+def pf_ode_vs_particle_loop(*, smoke: bool, peak=None) -> dict:
+    """The probability-flow ODE for many particles in one call against a Python loop of
+    per-particle solves (each compiled once), exact score of the 2D Gaussian mixture."""
+    if not hasattr(sm, "probability_flow_ode"):
+        raise Unavailable("sm.probability_flow_ode does not exist yet")
+    gm = sm.data.gaussian_mixture_2d()
+    sigma_max, sigma_min = 20.0, 0.01
+    score = lambda x, sigma: gm.perturbed(sigma).score(x)  # noqa: E731
+    n = 50 if smoke else 1_000
+    x_init = sigma_max * jax.random.normal(jax.random.key(5), (n, 2))
+    solve = lambda x: sm.probability_flow_ode(score, x, sigma_max=sigma_max, sigma_min=sigma_min)  # noqa: E731
+    t_batch = best_time(lambda: solve(x_init), repeats=3)
+    block(solve(x_init[:1]))  # compile the one-particle shape
+    t0 = time.perf_counter()
+    for i in range(n):
+        block(solve(x_init[i:i + 1]))
+    t_loop = time.perf_counter() - t0
+    return {"pf_ode_vs_particle_loop": t_loop / t_batch, "pf_ode_batch_seconds": t_batch,
+            "pf_ode_loop_seconds": t_loop, "pf_ode_particles": n}
+
+
+# --------------------------------------------------------------------------- chapters
+
+
+def chapters_2_3(*, smoke: bool, peak=None) -> dict:
+    """Everything chapters 2 and 3 need, from scratch: train their models (the recipes' own
+    builds, not saved) and sample as chapter 3 does; mode weights and W1 reached."""
+    names = sm.zoo.names(chapter=2) + sm.zoo.names(chapter=3)
+    if not names:
+        raise Unavailable("no chapter-2/3 recipes registered")
+    t0 = time.perf_counter()
+    models = {}
+    for name in names:
+        r = sm.zoo.get(name)
+        config = dict(r.config)
+        if smoke:
+            config["steps"] = min(int(config.get("steps", 100)), 50)
+        result = r.build(config)
+        models[name] = result if isinstance(result, eqx.Module) else result[0]
+    model = models["noise_conditional_1d"]
+    gm = sm.data.running_example()
+    sampling = getattr(sm.zoo.chapter3, "SAMPLING", {"eps": 0.05, "n_steps_each": 100})
+    sigmas = jnp.asarray(sm.zoo.get("ensemble_1d").config["model"]["sigmas"])
+    n = 1_000 if smoke else 10_000
+    x0 = sigmas[0] * jax.random.normal(jax.random.key(6), (n, 1))
+    x = block(sm.annealed_langevin(model, x0, sigmas, jax.random.key(7), denoise=True, **sampling))
+    seconds = time.perf_counter() - t0
+    weights = sm.metrics.mode_weights(x, gm)
+    w1 = sm.metrics.wasserstein_1d(x, gm.sample(jax.random.key(8), n))
+    return {"chapters_2_3_seconds": seconds, "chapters_2_3_mode_weights": [float(w) for w in weights],
+            "chapters_2_3_wasserstein_1": w1, "chapters_2_3_artifacts": names}
+
+
+def mnist_training(*, smoke: bool, peak=None) -> dict:
+    """The MNIST U-Net's training step: images per second and fraction of the matmul peak."""
+    r = _recipe("mnist_unet")
+    model = sm.models.from_config(r.config["model"], jax.random.key(0))
+    batch = 8 if smoke else int(r.config.get("batch_size", 128))
+    sigmas = sm.geometric_sigmas(r.config.get("sigma_max", 50.0), r.config.get("sigma_min", 0.01), 10)
+    loss_fn = sm.losses.multiscale_denoising_score_matching(sigmas)
+    opt = optax.adam(1e-3)
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    opt_state = opt.init(params)
+    images = jax.random.uniform(jax.random.key(1), (batch, 1, 28, 28))
+
+    @jax.jit
+    def one_step(params, opt_state, batch, key):
+        loss, grads = jax.value_and_grad(lambda p: loss_fn(eqx.combine(p, static), batch, key))(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return eqx.apply_updates(params, updates), opt_state, loss
+
+    seconds = best_time(lambda: one_step(params, opt_state, images, jax.random.key(2)),
+                        repeats=2 if smoke else 5)
+    out = {"mnist_images_per_second": batch / seconds, "mnist_batch_size": batch}
+    if peak:
+        flops = xla_flops(one_step, params, opt_state, images, jax.random.key(2))
+        out["mnist_training_gflops"] = flops / seconds / 1e9
+        out["mnist_training_fraction_of_peak"] = out["mnist_training_gflops"] / peak
+    return out
+
+
+BENCHMARKS = {
+    "matmul_peak": matmul_peak,
+    "fit_vs_python_loop": fit_vs_python_loop,
+    "ensemble_vs_model_list": ensemble_vs_model_list,
+    "langevin": langevin_throughput,
+    "pf_ode_vs_particle_loop": pf_ode_vs_particle_loop,
+    "chapters_2_3": chapters_2_3,
+    "mnist_training": mnist_training,
+}
