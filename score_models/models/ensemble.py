@@ -29,17 +29,24 @@ class ScoreEnsemble(eqx.Module):
     """
 
     members: eqx.Module
-    sigmas: Float[Array, " L"]
+    # The noise levels are a static tuple, not an array leaf: they are hyperparameters, and an
+    # array leaf would be trained by `fit` (and drift away from the sigmas of the loss).
+    sigma_values: tuple[float, ...] = eqx.field(static=True)
     data_std: float = eqx.field(static=True)
     scale_by_sigma: bool = eqx.field(static=True)
 
     def __init__(self, make_member: Callable[[PRNGKeyArray], eqx.Module], sigmas, *,
                  data_std: float = 1.0, scale_by_sigma: bool = True, key: PRNGKeyArray):
         sigmas = check_sigmas("sigmas", sigmas)
-        self.sigmas = sigmas
+        self.sigma_values = tuple(float(v) for v in sigmas)
         self.members = eqx.filter_vmap(make_member)(jax.random.split(key, sigmas.shape[0]))
         self.data_std = float(data_std)
         self.scale_by_sigma = bool(scale_by_sigma)
+
+    @property
+    def sigmas(self) -> Float[Array, " L"]:
+        """The members' noise levels, `(L,)` descending (constants, never trained)."""
+        return jnp.asarray(self.sigma_values, dtype=jnp.float32)
 
     @property
     def n_members(self) -> int:
