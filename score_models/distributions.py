@@ -113,6 +113,13 @@ class GaussianMixture(eqx.Module):
             raise ValueError(f"`sigma` must be non-negative, got {float(sigma)}.")
         return GaussianMixture(self.means, jnp.sqrt(self.stds**2 + sigma**2), self.weights)
 
+    def perturbed_score(self, x: Float[Array, " d"], sigma) -> Float[Array, " d"]:
+        """The exact noise-conditional score `grad_x log p_sigma(x)` of the mixture perturbed by
+        `N(0, sigma^2 I)`, at ONE point `x: (d,)`. Pass the bound method `mixture.perturbed_score`
+        as the `score_fn(x, sigma)` of a sampler: being an equinox pytree, it compiles once per
+        shape, unlike a fresh lambda."""
+        return self.perturbed(sigma).score(x)
+
     def cdf(self, x: Float[Array, "..."]) -> Float[Array, "..."]:
         """The cumulative distribution function of a 1D mixture, elementwise on any shape."""
         if self.dim != 1:
