@@ -159,12 +159,14 @@ def langevin_throughput(*, smoke: bool, peak=None) -> dict:
     total_steps = sigmas.shape[0] * n_steps_each
     out = {"langevin_particle_steps_per_second": n * total_steps / seconds, "langevin_seconds": seconds}
     if peak:
+        params, static = eqx.partition(model, eqx.is_array)
+
         @jax.jit
-        def one_step(model, x, key):
-            s = jax.vmap(model, in_axes=(0, None))(x, sigmas[-1])
+        def one_step(params, x, key):
+            s = jax.vmap(eqx.combine(params, static), in_axes=(0, None))(x, sigmas[-1])
             return x + 0.025 * s + 0.2 * jax.random.normal(key, x.shape)
 
-        flops = xla_flops(one_step, model, x0, jax.random.key(0))
+        flops = xla_flops(one_step, params, x0, jax.random.key(0))
         out["langevin_gflops"] = flops * total_steps / seconds / 1e9
         out["langevin_fraction_of_peak"] = out["langevin_gflops"] / peak
     return out

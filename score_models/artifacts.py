@@ -87,6 +87,9 @@ def _atomic_write(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; artifacts are ordinary files
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -225,12 +228,13 @@ def cached(name: str, config: dict, build: Callable[[], Any], *, like: eqx.Modul
         return load(name, like, config=config, directory=directory)
     if current == "require":
         weights_path, _ = _paths(name, directory)
-        detail = {
-            "missing": f"is missing (expected {weights_path} and its .json sidecar)",
-            "stale": f"is stale: it was written for another config.\n  on disk:   "
-                     f"{_describe(info(name, directory=directory)['config'])}\n  requested: {_describe(config)}",
-            "corrupt": "is corrupt (its weights do not match the sidecar's sha256)",
-        }[state]
+        if state == "missing":
+            detail = f"is missing (expected {weights_path} and its .json sidecar)"
+        elif state == "stale":  # (only read the sidecar when there is one)
+            detail = (f"is stale: it was written for another config.\n  on disk:   "
+                      f"{_describe(info(name, directory=directory)['config'])}\n  requested: {_describe(config)}")
+        else:
+            detail = "is corrupt (its weights do not match the sidecar's sha256)"
         raise ArtifactError(
             f"Artifact {name!r} {detail}\nSCORE_MODELS_ARTIFACTS=require forbids training here; "
             f"run `score-models artifacts build {name}` first."

@@ -6,6 +6,7 @@ Every sampler returns float32 arrays of shape `(n, d)`; MNIST returns images of 
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import os
@@ -46,30 +47,47 @@ def gaussian_mixture_2d() -> GaussianMixture:
     return GaussianMixture(means, jnp.full((6,), 0.4), weights)
 
 
-def _seed(key: PRNGKeyArray) -> int:
-    """A NumPy seed derived deterministically from a JAX key (for scikit-learn generators)."""
-    return int(jax.random.randint(key, (), 0, 2**31 - 1))
-
-
 def two_moons(key: PRNGKeyArray, n: int, *, noise: float = 0.05) -> Float[Array, "n 2"]:
-    """`n` points of scikit-learn's two moons, standardised to zero mean and unit variance per
-    axis (using the constants of the noiseless moons, so every draw is scaled identically)."""
-    from sklearn.datasets import make_moons
+    """`n` i.i.d. points of the two moons, standardised to zero mean and unit variance per axis.
 
-    n = check_positive_int("n", n)
-    x, _ = make_moons(n_samples=n, noise=noise, random_state=_seed(key))
+    The shape of scikit-learn's `make_moons` (upper half circle of radius 1 at the origin, lower
+    one shifted to `(1, 0.5)`, Gaussian noise of std `noise`), but sampled i.i.d.: each point
+    picks a moon with probability 1/2 and an angle uniformly in `[0, pi]`. (`make_moons` places
+    its points at evenly spaced angles, a stratified sample whose distance to another such
+    sample is far below that of independent draws, which would make noise floors meaningless.)
+    The scaling uses the constants of the noiseless moons, so every draw is scaled identically.
+    """
+    return _two_moons(key, check_positive_int("n", n), jnp.float32(noise))
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _two_moons(key, n, noise):
+    key_moon, key_angle, key_noise = jax.random.split(key, 3)
+    upper = jax.random.bernoulli(key_moon, 0.5, (n,))
+    t = jax.random.uniform(key_angle, (n,), jnp.float32, 0.0, jnp.pi)
+    outer = jnp.stack([jnp.cos(t), jnp.sin(t)], axis=-1)
+    inner = jnp.stack([1.0 - jnp.cos(t), 0.5 - jnp.sin(t)], axis=-1)
+    x = jnp.where(upper[:, None], outer, inner) + noise * jax.random.normal(key_noise, (n, 2))
     # Mean and per-axis std of the noiseless moons (computed from the two half circles).
-    x = (x - np.array([0.5, 0.25])) / np.array([0.8660, 0.4942])
-    return jnp.asarray(x, dtype=jnp.float32)
+    return ((x - jnp.array([0.5, 0.25])) / jnp.array([0.8660, 0.4942])).astype(jnp.float32)
 
 
 def circles(key: PRNGKeyArray, n: int, *, noise: float = 0.05, factor: float = 0.5) -> Float[Array, "n 2"]:
-    """`n` points of scikit-learn's two concentric circles (radii 1 and `factor`), scaled by 2."""
-    from sklearn.datasets import make_circles
+    """`n` i.i.d. points on two concentric circles (radii 1 and `factor`, Gaussian noise of std
+    `noise`), scaled by 2: the shape of scikit-learn's `make_circles`, but each point picks a
+    circle with probability 1/2 and an angle uniformly in `[0, 2 pi)` (`make_circles` spaces its
+    angles evenly, a stratified sample; see `two_moons`)."""
+    return _circles(key, check_positive_int("n", n), jnp.float32(noise), jnp.float32(factor))
 
-    n = check_positive_int("n", n)
-    x, _ = make_circles(n_samples=n, noise=noise, factor=factor, random_state=_seed(key))
-    return jnp.asarray(2.0 * x, dtype=jnp.float32)
+
+@functools.partial(jax.jit, static_argnums=1)
+def _circles(key, n, noise, factor):
+    key_circle, key_angle, key_noise = jax.random.split(key, 3)
+    radius = jnp.where(jax.random.bernoulli(key_circle, 0.5, (n,)), 1.0, factor)
+    t = jax.random.uniform(key_angle, (n,), jnp.float32, 0.0, 2 * jnp.pi)
+    x = radius[:, None] * jnp.stack([jnp.cos(t), jnp.sin(t)], axis=-1)
+    x = x + noise * jax.random.normal(key_noise, (n, 2))
+    return (2.0 * x).astype(jnp.float32)
 
 
 DATASETS_2D = ("moons", "gaussians", "circles")
@@ -118,8 +136,10 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _download(name: str, dest: Path, mirrors=MNIST_MIRRORS) -> None:
-    """Downloads `name` into `dest` atomically (temp file, verify, rename)."""
+def _download(name: str, dest: Path, mirrors=None) -> None:
+    """Downloads `name` into `dest` atomically (temp file, verify, rename), trying `mirrors`
+    (default: `MNIST_MIRRORS`, looked up at call time) in order."""
+    mirrors = MNIST_MIRRORS if mirrors is None else mirrors
     size, sha = MNIST_FILES[name]
     dest.parent.mkdir(parents=True, exist_ok=True)
     errors = []

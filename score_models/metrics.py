@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._checks import check_particles, check_positive_int
+from ._checks import check_particles, check_positive, check_positive_int
 from .distributions import GaussianMixture
 
 
@@ -142,6 +142,7 @@ def score_error(score_fn: Callable, true_score: Callable, x: Float[Array, "n d"]
     if sigma is None:
         s = jax.vmap(score_fn)(x)
     else:
+        check_positive("sigma", sigma)
         s = jax.vmap(score_fn, in_axes=(0, None))(x, jnp.asarray(sigma, x.dtype))
     t = jax.vmap(true_score)(x)
     mse = float(jnp.mean(jnp.sum((s - t) ** 2, axis=-1)))

@@ -172,6 +172,7 @@ def fit(
             length = min(chunk, steps - done)
             carry, chunk_losses = run_chunk(carry, data, jnp.arange(done, done + length))
             chunk_losses = np.asarray(chunk_losses)
+            losses[done:done + length] = chunk_losses  # before the check: it reports the last finite loss
             bad = ~np.isfinite(chunk_losses)
             if bad.any():
                 first = done + int(np.argmax(bad))
@@ -180,7 +181,6 @@ def fit(
                     f"the last finite loss was {losses[first - 1] if first else float('nan'):.6g}. "
                     f"Try a smaller learning rate or check the data and loss."
                 )
-            losses[done:done + length] = chunk_losses
             done += length
             bar.update(length)
             bar.set_postfix(loss=f"{float(chunk_losses.mean()):.4g}")
