@@ -191,7 +191,8 @@ def load(name: str, like: eqx.Module | None = None, *, config: dict | None = Non
 
         if "model" not in sidecar["config"]:
             raise ArtifactError(f"Artifact {name!r} has no config['model']; pass `like` to load it.")
-        like = from_config(sidecar["config"]["model"])
+        # A shape-only skeleton: nothing is initialised or computed just to be overwritten.
+        like = eqx.filter_eval_shape(from_config, sidecar["config"]["model"])
     try:
         return eqx.tree_deserialise_leaves(io.BytesIO(weights), like)
     except Exception as e:

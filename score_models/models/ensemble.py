@@ -7,6 +7,7 @@ from typing import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from .._checks import check_sigmas
@@ -37,9 +38,12 @@ class ScoreEnsemble(eqx.Module):
 
     def __init__(self, make_member: Callable[[PRNGKeyArray], eqx.Module], sigmas, *,
                  data_std: float = 1.0, scale_by_sigma: bool = True, key: PRNGKeyArray):
-        sigmas = check_sigmas("sigmas", sigmas)
-        self.sigma_values = tuple(float(v) for v in sigmas)
-        self.members = eqx.filter_vmap(make_member)(jax.random.split(key, sigmas.shape[0]))
+        # NumPy, not jnp: the levels stay concrete even when the ensemble is built under a trace
+        # (e.g. `eqx.filter_eval_shape` making a skeleton to load weights into).
+        with jax.ensure_compile_time_eval():
+            values = np.asarray(check_sigmas("sigmas", sigmas))
+        self.sigma_values = tuple(float(v) for v in values)
+        self.members = eqx.filter_vmap(make_member)(jax.random.split(key, len(self.sigma_values)))
         self.data_std = float(data_std)
         self.scale_by_sigma = bool(scale_by_sigma)
 
