@@ -4,6 +4,7 @@
     score-models artifacts build [NAME ...]        # retrain (all, or the named ones)
     score-models artifacts build --stale           # retrain only missing or stale ones
     score-models artifacts verify [NAME ...]       # exit 1 unless every artifact is up to date
+    score-models sample mnist --n 64 --out x.npy [--png x.png] [--sampler annealed|pf-ode] [--seed 0]
 """
 
 from __future__ import annotations
@@ -13,13 +14,22 @@ import sys
 import time
 
 
+# Group names accepted wherever artifact names are.
+ALIASES = {"mnist": ["mnist_classifier", "mnist_unet"]}
+
+
 def _select(args) -> list[str]:
     from . import zoo
 
     if args.names:
+        names = []
         for name in args.names:
-            zoo.get(name)
-        return list(args.names)
+            if name in ALIASES:  # e.g. `score-models artifacts build mnist`
+                names += ALIASES[name]
+            else:
+                zoo.get(name)
+                names.append(name)
+        return names
     return zoo.names(chapter=args.chapter)
 
 
@@ -71,6 +81,35 @@ def _artifacts_verify(args) -> int:
     return 1 if failures else 0
 
 
+def _sample(args) -> int:
+    import jax
+    import numpy as np
+
+    from . import mnist, zoo
+
+    if args.dataset != "mnist":
+        raise ValueError(f"`dataset` must be 'mnist', got {args.dataset!r}.")
+    if args.n <= 0:
+        raise ValueError(f"`--n` must be a positive integer, got {args.n}.")
+    if not args.out.endswith(".npy"):
+        raise ValueError(f"`--out` must name a .npy file, got {args.out!r}.")
+    state = zoo.status("mnist_unet")
+    if state != "ok":  # never train for an hour as a side effect of sampling
+        raise ValueError(f"the artifact mnist_unet is {state}; build it first with "
+                         f"`score-models artifacts build mnist_unet`.")
+    model = zoo.load("mnist_unet")
+    t0 = time.perf_counter()
+    x = mnist.sample(model, jax.random.key(args.seed), args.n, sampler=args.sampler)
+    images = mnist.to_pixels(x)
+    np.save(args.out, images)
+    print(f"{args.n} samples ({args.sampler}, seed {args.seed}) in {time.perf_counter() - t0:.1f} s: "
+          f"{args.out} float32 {images.shape} in [0, 1]")
+    if args.png:
+        mnist.save_png(images, args.png, ncol=min(16, args.n))
+        print(f"grid: {args.png}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="score-models", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -88,6 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
         if action == "build":
             p.add_argument("--stale", action="store_true", help="only missing or stale artifacts")
         p.set_defaults(func=fn)
+
+    smp = commands.add_parser("sample", help="draw samples from a cached model")
+    smp.add_argument("dataset", choices=["mnist"], help="which model: mnist (artifact mnist_unet)")
+    smp.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
+    smp.add_argument("--out", required=True, help="output .npy file: float32 (N, 28, 28) in [0, 1]")
+    smp.add_argument("--png", default=None, help="also write a PNG grid of the samples")
+    smp.add_argument("--sampler", choices=["annealed", "pf-ode"], default="annealed",
+                     help="annealed Langevin dynamics (default) or the probability-flow ODE")
+    smp.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    smp.set_defaults(func=_sample)
     return parser
 
 

@@ -3,5 +3,7 @@
 from .config import from_config, model_config
 from .ensemble import ScoreEnsemble
 from .mlp import MLP, NoiseConditionalMLP
+from .unet import UNet
+from .classifier import Classifier
 
-__all__ = ["MLP", "NoiseConditionalMLP", "ScoreEnsemble", "from_config", "model_config"]
+__all__ = ["Classifier", "MLP", "NoiseConditionalMLP", "ScoreEnsemble", "UNet", "from_config", "model_config"]

@@ -1,0 +1,311 @@
+"""A small noise-conditional U-Net for 28x28 images, sized to train on a CPU.
+
+The network takes ONE image `x` of shape `(channels, height, width)` and a scalar `sigma`, and
+returns the score estimate `s(x, sigma)` of the same shape (the library vmaps over images).
+
+Design, chosen for throughput on a laptop CPU (see chapter 6):
+
+- **Channels-last inside.** XLA's CPU convolutions run fastest in NHWC layout, so the image is
+  transposed once at the input and once at the output; every convolution in between is an
+  `(H, W, C)` convolution with `HWIO` kernels.
+- **Pixel unshuffle** (`patch=2`, space-to-depth): the 28x28x1 image becomes 14x14x4 before the
+  first convolution and the output is shuffled back, so the most expensive full-resolution
+  layers are skipped at no loss of information. `patch=1` keeps the full resolution.
+- **Preconditioning.** The input is centred and scaled by `1/sqrt(sigma^2 + data_std^2)` (unit
+  variance at every noise level) and the output is divided by `sigma`, so the network predicts
+  the noise direction `-z`, whose size does not depend on sigma (Song & Ermon 2020; Karras et
+  al. 2022). The final convolution starts at zero, so training starts from `s = 0`.
+- **Noise conditioning.** `log sigma` goes through sin/cos features and a small MLP; every
+  residual block adds a learned projection of that embedding to its feature maps.
+- **Residual blocks** with GroupNorm and SiLU, a stride-2 convolution down, nearest-neighbour
+  sub-pixel convolutions (pixel shuffle) up, and skip connections concatenated on the way up
+  (Ronneberger et al. 2015); optional self-attention at the lowest resolution.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from .._checks import check_positive_int
+from .config import register
+from .mlp import log_sigma_embedding
+
+
+class Conv2d(eqx.Module):
+    """A 2D convolution on ONE channels-last image `(H, W, C_in) -> (H', W', C_out)`, 'SAME'
+    padding. Kernels are `(kh, kw, C_in, C_out)`, initialised like PyTorch (uniform with bound
+    `1/sqrt(fan_in)`), or to zero with `zero=True`."""
+
+    weight: Float[Array, "kh kw cin cout"]
+    bias: Float[Array, " cout"]
+    stride: int = eqx.field(static=True)
+
+    def __init__(self, c_in: int, c_out: int, kernel: int = 3, *, stride: int = 1, zero: bool = False,
+                 key: PRNGKeyArray):
+        bound = 1.0 / math.sqrt(c_in * kernel * kernel)
+        kw, kb = jax.random.split(key)
+        shape = (kernel, kernel, c_in, c_out)
+        self.weight = jnp.zeros(shape) if zero else jax.random.uniform(kw, shape, minval=-bound, maxval=bound)
+        self.bias = jnp.zeros((c_out,)) if zero else jax.random.uniform(kb, (c_out,), minval=-bound, maxval=bound)
+        self.stride = int(stride)
+
+    def __call__(self, x: Float[Array, "h w c"]) -> Float[Array, "h2 w2 c2"]:
+        # im2col: the k*k shifted copies of the (zero-padded) map side by side, then ONE matrix
+        # product. Same result as `lax.conv_general_dilated(..., "SAME")`, but XLA:CPU runs a
+        # convolution inside a `lax.scan` (as `fit` does) ~10x slower than outside one, while
+        # a matrix product keeps its speed there.
+        kh, kw, c_in, c_out = self.weight.shape
+        h, w, _ = x.shape
+        s = self.stride
+        h_out, w_out = -(-h // s), -(-w // s)
+        pad_h = max((h_out - 1) * s + kh - h, 0)
+        pad_w = max((w_out - 1) * s + kw - w, 0)
+        xp = jnp.pad(x, ((pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2), (0, 0)))
+        cols = [xp[i:i + (h_out - 1) * s + 1:s, j:j + (w_out - 1) * s + 1:s] for i in range(kh) for j in range(kw)]
+        patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+        y = patches @ self.weight.reshape(kh * kw * c_in, c_out).astype(x.dtype)
+        return y + self.bias.astype(x.dtype)
+
+
+class GroupNorm(eqx.Module):
+    """Group normalisation of ONE channels-last feature map `(H, W, C)`, with a learned
+    per-channel scale and shift."""
+
+    weight: Float[Array, " c"]
+    bias: Float[Array, " c"]
+    groups: int = eqx.field(static=True)
+    eps: float = eqx.field(static=True)
+
+    def __init__(self, groups: int, channels: int, eps: float = 1e-5):
+        if channels % groups:
+            raise ValueError(f"`groups` ({groups}) must divide the number of channels ({channels}).")
+        self.weight = jnp.ones((channels,))
+        self.bias = jnp.zeros((channels,))
+        self.groups = int(groups)
+        self.eps = float(eps)
+
+    def __call__(self, x: Float[Array, "h w c"]) -> Float[Array, "h w c"]:
+        h, w, c = x.shape
+        g = x.reshape(h, w, self.groups, c // self.groups)
+        mean = jnp.mean(g, axis=(0, 1, 3), keepdims=True)
+        var = jnp.mean(jnp.square(g - mean), axis=(0, 1, 3), keepdims=True)
+        g = (g - mean) * lax.rsqrt(var + self.eps)
+        return g.reshape(h, w, c) * self.weight + self.bias
+
+
+class ResBlock(eqx.Module):
+    """`x + conv(silu(norm(conv(silu(norm(x))) + proj(emb))))`, with a 1x1 convolution on the skip
+    path when the channel count changes."""
+
+    norm1: GroupNorm
+    conv1: Conv2d
+    proj: eqx.nn.Linear
+    norm2: GroupNorm
+    conv2: Conv2d
+    skip: Conv2d | None
+
+    def __init__(self, c_in: int, c_out: int, emb_dim: int, groups: int, *, key: PRNGKeyArray):
+        k1, k2, k3, k4 = jax.random.split(key, 4)
+        self.norm1 = GroupNorm(min(groups, c_in), c_in)
+        self.conv1 = Conv2d(c_in, c_out, 3, key=k1)
+        self.proj = eqx.nn.Linear(emb_dim, c_out, key=k2)
+        self.norm2 = GroupNorm(min(groups, c_out), c_out)
+        self.conv2 = Conv2d(c_out, c_out, 3, key=k3)
+        self.skip = Conv2d(c_in, c_out, 1, key=k4) if c_in != c_out else None
+
+    def __call__(self, x, emb):
+        h = self.conv1(jax.nn.silu(self.norm1(x)))
+        h = h + self.proj(emb)
+        h = self.conv2(jax.nn.silu(self.norm2(h)))
+        return (x if self.skip is None else self.skip(x)) + h
+
+
+class Attention(eqx.Module):
+    """Single-head self-attention over the pixels of a small feature map `(H, W, C)`, residual."""
+
+    norm: GroupNorm
+    qkv: eqx.nn.Linear
+    out: eqx.nn.Linear
+
+    def __init__(self, channels: int, groups: int, *, key: PRNGKeyArray):
+        k1, k2 = jax.random.split(key)
+        self.norm = GroupNorm(min(groups, channels), channels)
+        self.qkv = eqx.nn.Linear(channels, 3 * channels, key=k1)
+        self.out = eqx.nn.Linear(channels, channels, key=k2)
+
+    def __call__(self, x):
+        h, w, c = x.shape
+        t = self.norm(x).reshape(h * w, c)
+        q, k, v = jnp.split(t @ self.qkv.weight.T + self.qkv.bias, 3, axis=-1)
+        a = jax.nn.softmax(q @ k.T / math.sqrt(c), axis=-1)
+        y = (a @ v) @ self.out.weight.T + self.out.bias
+        return x + y.reshape(h, w, c)
+
+
+def _space_to_depth(x, p: int):
+    h, w, c = x.shape
+    x = x.reshape(h // p, p, w // p, p, c).transpose(0, 2, 1, 3, 4)
+    return x.reshape(h // p, w // p, p * p * c)
+
+
+def _depth_to_space(x, p: int):
+    h, w, c = x.shape
+    x = x.reshape(h, w, p, p, c // (p * p)).transpose(0, 2, 1, 3, 4)
+    return x.reshape(h * p, w * p, c // (p * p))
+
+
+@register
+class UNet(eqx.Module):
+    """A noise-conditional U-Net score network `s(x, sigma)`: `(C, H, W), () -> (C, H, W)`.
+
+    **Arguments:**
+
+    - `image_shape`: `(C, H, W)` of one image, default `(1, 28, 28)` (MNIST).
+    - `channels`: feature channels per resolution level, e.g. `(32, 64)`: level `i` runs at
+      `H / (patch * 2^i)`.
+    - `n_res`: residual blocks per level on the way down (one more on the way up).
+    - `patch`: pixel-unshuffle factor applied before the first convolution (1 or 2).
+    - `attention`: add self-attention at the lowest resolution.
+    - `emb_dim`: width of the noise embedding; `n_frequencies`: sin/cos pairs of `log sigma`.
+    - `groups`: GroupNorm groups.
+    - `data_mean`, `data_std`: the pixels' mean and standard deviation, for the input scaling.
+    - `key`: PRNG key for the initial weights.
+    """
+
+    head: Conv2d
+    emb1: eqx.nn.Linear
+    emb2: eqx.nn.Linear
+    down: list
+    downsample: list
+    mid: list
+    up: list
+    upsample: list
+    out_norm: GroupNorm
+    out_conv: Conv2d
+    image_shape: tuple = eqx.field(static=True)
+    channels: tuple = eqx.field(static=True)
+    n_res: int = eqx.field(static=True)
+    patch: int = eqx.field(static=True)
+    attention: bool = eqx.field(static=True)
+    n_frequencies: int = eqx.field(static=True)
+    data_mean: float = eqx.field(static=True)
+    data_std: float = eqx.field(static=True)
+
+    def __init__(self, image_shape: Sequence[int] = (1, 28, 28), channels: Sequence[int] = (32, 64), *,
+                 n_res: int = 1, patch: int = 2, attention: bool = True, emb_dim: int = 64,
+                 n_frequencies: int = 8, groups: int = 8, data_mean: float = 0.0, data_std: float = 1.0,
+                 key: PRNGKeyArray):
+        image_shape = tuple(int(s) for s in image_shape)
+        if len(image_shape) != 3:
+            raise ValueError(f"`image_shape` must be (channels, height, width), got {image_shape}.")
+        channels = tuple(check_positive_int("channels", int(c)) for c in channels)
+        if not channels:
+            raise ValueError("`channels` must name at least one level, got ().")
+        patch = check_positive_int("patch", patch)
+        c_img, height, width = image_shape
+        factor = patch * 2 ** (len(channels) - 1)
+        # Each stride-2 level needs an even size except the last ('SAME' padding rounds up).
+        size = (height // patch, width // patch)
+        if height % patch or width % patch or any(s % (2 ** (len(channels) - 1)) for s in size):
+            raise ValueError(
+                f"`image_shape` {image_shape} must be divisible by patch * 2^(levels-1) = {factor}."
+            )
+        if not data_std > 0:
+            raise ValueError(f"`data_std` must be positive, got {data_std!r}.")
+        self.image_shape = image_shape
+        self.channels = channels
+        self.n_res = check_positive_int("n_res", n_res)
+        self.patch = patch
+        self.attention = bool(attention)
+        self.n_frequencies = check_positive_int("n_frequencies", n_frequencies)
+        self.data_mean = float(data_mean)
+        self.data_std = float(data_std)
+        emb_dim = check_positive_int("emb_dim", emb_dim)
+
+        keys = iter(jax.random.split(key, 64))
+        c_in = c_img * patch * patch
+        self.head = Conv2d(c_in, channels[0], 3, key=next(keys))
+        self.emb1 = eqx.nn.Linear(2 * self.n_frequencies + 1, emb_dim, key=next(keys))
+        self.emb2 = eqx.nn.Linear(emb_dim, emb_dim, key=next(keys))
+
+        self.down, self.downsample = [], []
+        skips = [channels[0]]
+        c = channels[0]
+        for i, ch in enumerate(channels):
+            blocks = []
+            for _ in range(self.n_res):
+                blocks.append(ResBlock(c, ch, emb_dim, groups, key=next(keys)))
+                c = ch
+                skips.append(c)
+            self.down.append(blocks)
+            if i < len(channels) - 1:
+                self.downsample.append(Conv2d(c, c, 3, stride=2, key=next(keys)))
+                skips.append(c)
+        self.mid = [ResBlock(c, c, emb_dim, groups, key=next(keys))]
+        if self.attention:
+            self.mid.append(Attention(c, groups, key=next(keys)))
+        self.mid.append(ResBlock(c, c, emb_dim, groups, key=next(keys)))
+
+        self.up, self.upsample = [], []
+        for i, ch in reversed(list(enumerate(channels))):
+            blocks = []
+            for _ in range(self.n_res + 1):
+                blocks.append(ResBlock(c + skips.pop(), ch, emb_dim, groups, key=next(keys)))
+                c = ch
+            self.up.append(blocks)
+            if i > 0:
+                # Sub-pixel upsampling: a convolution at the low resolution to 4x the next
+                # level's channels, then a 2x2 pixel shuffle (4x cheaper than upsample-then-conv).
+                self.upsample.append(Conv2d(c, 4 * channels[i - 1], 3, key=next(keys)))
+                c = channels[i - 1]
+        self.out_norm = GroupNorm(min(groups, c), c)
+        self.out_conv = Conv2d(c, c_in, 3, zero=True, key=next(keys))
+
+    def features(self, x: Float[Array, "c h w"], sigma) -> Float[Array, "c h w"]:
+        """The network's raw output `F(x, sigma)` (a prediction of `-z`); `s = F / sigma`."""
+        if tuple(x.shape) != self.image_shape:
+            raise ValueError(
+                f"`x` must be ONE image of shape {self.image_shape}; got shape {tuple(x.shape)}. "
+                f"Use jax.vmap (or the library's samplers and losses, which vmap) for batches."
+            )
+        sigma = jnp.asarray(sigma, dtype=x.dtype)
+        if sigma.shape != ():
+            raise ValueError(f"`sigma` must be a scalar, got shape {tuple(sigma.shape)}.")
+        emb = log_sigma_embedding(sigma, self.n_frequencies)
+        emb = self.emb2(jax.nn.silu(self.emb1(emb)))
+
+        h = (x - self.data_mean) * lax.rsqrt(sigma**2 + self.data_std**2)
+        h = jnp.transpose(h, (1, 2, 0))
+        if self.patch > 1:
+            h = _space_to_depth(h, self.patch)
+        h = self.head(h)
+        skips = [h]
+        for i, blocks in enumerate(self.down):
+            for block in blocks:
+                h = block(h, emb)
+                skips.append(h)
+            if i < len(self.downsample):
+                h = self.downsample[i](h)
+                skips.append(h)
+        for block in self.mid:
+            h = block(h, emb) if isinstance(block, ResBlock) else block(h)
+        for i, blocks in enumerate(self.up):
+            for block in blocks:
+                h = block(jnp.concatenate([h, skips.pop()], axis=-1), emb)
+            if i < len(self.upsample):
+                h = _depth_to_space(self.upsample[i](h), 2)
+        h = self.out_conv(jax.nn.silu(self.out_norm(h)))
+        if self.patch > 1:
+            h = _depth_to_space(h, self.patch)
+        return jnp.transpose(h, (2, 0, 1))
+
+    def __call__(self, x: Float[Array, "c h w"], sigma) -> Float[Array, "c h w"]:
+        sigma = jnp.asarray(sigma, dtype=x.dtype)
+        return self.features(x, sigma) / sigma
