@@ -77,3 +77,39 @@ def trajectory_frames(trajectory, n_frames: int) -> Sequence[int]:
     """Indices of `n_frames` frames spread evenly over a trajectory `(T, n, ...)`."""
     t = np.asarray(trajectory).shape[0]
     return np.unique(np.linspace(0, t - 1, n_frames).round().astype(int)).tolist()
+
+
+def save_mp4(anim, path, *, fps: int | None = None, dpi: int | None = None) -> "Path":
+    """Writes a matplotlib animation (e.g. from `animate`) to an mp4 file at `path`.
+
+    Uses matplotlib's `FFMpegWriter` pointed at the ffmpeg binary bundled with `imageio-ffmpeg`
+    (the optional extra `video`: `pip install "score-models[video]"`), so no system ffmpeg is
+    needed. `fps` defaults to the animation's own frame rate (`1000 / interval`); `dpi` to the
+    figure's. Returns the path written.
+    """
+    from pathlib import Path
+
+    from matplotlib import animation as mpl_animation
+
+    if not isinstance(anim, mpl_animation.Animation):
+        raise ValueError(f"`anim` must be a matplotlib Animation, got {type(anim).__name__}.")
+    path = Path(path)
+    if path.suffix.lower() != ".mp4":
+        raise ValueError(f"`path` must end in .mp4, got {str(path)!r}.")
+    if fps is not None and not (isinstance(fps, (int, np.integer)) and fps > 0):
+        raise ValueError(f"`fps` must be a positive integer, got {fps!r}.")
+    try:
+        import imageio_ffmpeg
+    except ImportError as e:
+        raise ImportError(
+            "save_mp4 needs the ffmpeg binary bundled with imageio-ffmpeg: "
+            "`pip install imageio-ffmpeg` (or `pip install \"score-models[video]\"`)."
+        ) from e
+    if fps is None:
+        fps = max(1, round(1000 / getattr(anim, "_interval", 100)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mpl.rcParams["animation.ffmpeg_path"] = imageio_ffmpeg.get_ffmpeg_exe()
+    writer = mpl_animation.FFMpegWriter(fps=int(fps), codec="libx264",
+                                        extra_args=["-pix_fmt", "yuv420p"])
+    anim.save(str(path), writer=writer, dpi=dpi)
+    return path
