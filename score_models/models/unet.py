@@ -307,5 +307,7 @@ class UNet(eqx.Module):
         return jnp.transpose(h, (2, 0, 1))
 
     def __call__(self, x: Float[Array, "c h w"], sigma) -> Float[Array, "c h w"]:
+        """The score at ONE image `x: (1, 28, 28)` and noise level `sigma` (a scalar);
+        returns shape `(1, 28, 28)`."""
         sigma = jnp.asarray(sigma, dtype=x.dtype)
         return self.features(x, sigma) / sigma
