@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._checks import check_particles, check_positive, check_positive_int, check_sigmas
+from ._scan import scan_with_trajectory, tweedie_denoise
 
 
 def check_score_fn(score_fn: Callable, x0, sigma=None) -> None:
@@ -50,23 +51,9 @@ def _langevin_kernel(score_fn, x0, key, sigmas, alphas, trajectory_every, condit
         return x + 0.5 * alpha * batched_score(x, sigma) + jnp.sqrt(alpha) * z, None
 
     inputs = (sigmas, alphas, jax.random.split(key, sigmas.shape[0]))
-    if trajectory_every is None:
-        x, _ = jax.lax.scan(step, x0, inputs)
-        trajectory = None
-    else:
-        blocks = jax.tree.map(lambda a: a.reshape(-1, trajectory_every, *a.shape[1:]), inputs)
-
-        def block(x, block_inputs):
-            x, _ = jax.lax.scan(step, x, block_inputs)
-            return x, x
-
-        x, frames = jax.lax.scan(block, x0, blocks)
-        trajectory = jnp.concatenate([x0[None], frames])
+    x, trajectory = scan_with_trajectory(step, x0, inputs, trajectory_every)
     if denoise:
-        # Tweedie's formula at the smallest noise level: E[x_clean | x] = x + sigma^2 s(x, sigma).
-        x = x + sigmas[-1] ** 2 * batched_score(x, sigmas[-1])
-        if trajectory is not None:
-            trajectory = jnp.concatenate([trajectory, x[None]])
+        x, trajectory = tweedie_denoise(batched_score, x, sigmas[-1], trajectory)
     return x, trajectory
 
 

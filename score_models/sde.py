@@ -44,6 +44,7 @@ from ._checks import (
     check_positive_int,
     is_concrete,
 )
+from ._scan import scan_with_trajectory, tweedie_denoise
 from .sampling import _check_every, check_score_fn
 
 __all__ = ["VESDE", "predictor_corrector", "reverse_sde"]
@@ -236,23 +237,9 @@ def _reverse_kernel(score_fn, x_init, key, sigmas, variances, n_corrector, snr, 
 
     n_steps = variances.shape[0]
     inputs = (sigmas[:-1], sigmas[1:], variances, jax.random.split(key, n_steps))
-    if trajectory_every is None:
-        x, _ = jax.lax.scan(step, x_init, inputs)
-        trajectory = None
-    else:
-        blocks = jax.tree.map(lambda a: a.reshape(-1, trajectory_every, *a.shape[1:]), inputs)
-
-        def block(x, block_inputs):
-            x, _ = jax.lax.scan(step, x, block_inputs)
-            return x, x
-
-        x, frames = jax.lax.scan(block, x_init, blocks)
-        trajectory = jnp.concatenate([x_init[None], frames])
+    x, trajectory = scan_with_trajectory(step, x_init, inputs, trajectory_every)
     if denoise:
-        # Tweedie's formula at the last noise level: E[x_clean | x] = x + sigma^2 s(x, sigma).
-        x = x + sigmas[-1] ** 2 * batched_score(x, sigmas[-1])
-        if trajectory is not None:
-            trajectory = jnp.concatenate([trajectory, x[None]])
+        x, trajectory = tweedie_denoise(batched_score, x, sigmas[-1], trajectory)
     return x, trajectory
 
 
