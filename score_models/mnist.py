@@ -29,12 +29,13 @@ from ._checks import check_positive_int
 CONFIDENCE = 0.9
 
 # Sampler settings for the `mnist_unet` artifact, shared by the chapter and `score-models sample`.
-# With only a few steps per level, each step must move a good part of the way: for a Gaussian of
-# width sigma_i a step alpha_i = eps sigma_i^2 / sigma_L^2 contracts the excess spread by
-# a = eps / (2 sigma_L^2) per step and leaves a stationary std of sigma_i sqrt(2 / (2 - a)).
-# eps = 2.4e-4 with sigma_L = 0.02 gives a = 0.3 (about 83% of the excess gone after 5 steps,
-# std 1.08 sigma_i); NCSN's eps = 2e-5 (a = 0.025) needs ~100 steps per level.
-ANNEALED = {"eps": 2.4e-4, "n_steps_each": 5, "denoise": True}
+# For a Gaussian of width sigma_i a step alpha_i = eps sigma_i^2 / sigma_L^2 contracts the excess
+# spread by a = eps / (2 sigma_L^2) per step and leaves a stationary std of sigma_i sqrt(2 / (2 - a)).
+# eps = 2.4e-4 with sigma_L = 0.02 gives a = 0.3 (std 1.08 sigma_i); NCSN's eps = 2e-5 (a = 0.025)
+# needs ~100 steps per level. Measured on 256 samples of the committed model (seed 0): 5 steps per
+# level give 74% confident digits, 10 give 80%, 15 give 82%, 20 give 88%; eps 1e-4 or 1.5e-3 are
+# far worse at 5 steps (61%, 24%). The probability-flow ODE with 30 Heun steps gives 79%.
+ANNEALED = {"eps": 2.4e-4, "n_steps_each": 20, "denoise": True}
 PF_ODE = {"n_steps": 30}
 
 
@@ -176,8 +177,6 @@ def sample(model, key: PRNGKeyArray, n: int, *, sampler: str = "annealed", sigma
         opts = {**ANNEALED, **options}
         return sm.annealed_langevin(model, x0, sigmas, key_run, trajectory_every=trajectory_every, **opts)
     if sampler == "pf-ode":
-        if not hasattr(sm, "probability_flow_ode"):
-            raise ValueError("`sampler='pf-ode'` needs `score_models.probability_flow_ode`, which this version lacks.")
         import diffrax
 
         opts = {**PF_ODE, **options}
