@@ -153,8 +153,14 @@ def to_pixels(x) -> np.ndarray:
     return np.clip(x.reshape(x.shape[0], 28, 28), 0.0, 1.0)
 
 
+def default_chunk_size() -> int | None:
+    """Images per sampler call: 32 on a CPU, where a cache-sized batch runs the U-Net about 1.5x
+    faster per image than 256 at once (measured on 2 cores); everything at once elsewhere."""
+    return 32 if jax.default_backend() == "cpu" else None
+
+
 def sample(model, key: PRNGKeyArray, n: int, *, sampler: str = "annealed", sigmas=None,
-           trajectory_every: int | None = None, **options):
+           trajectory_every: int | None = None, chunk_size: int | None | str = "auto", **options):
     """`n` samples `(n, 1, 28, 28)` from a noise-conditional `model` (not yet clipped).
 
     `sampler="annealed"`: annealed Langevin dynamics over `sigmas` (default: the `mnist_unet`
@@ -163,12 +169,29 @@ def sample(model, key: PRNGKeyArray, n: int, *, sampler: str = "annealed", sigma
     `n_steps` noise levels from `sigmas[0]` to `sigmas[-1]` (default `PF_ODE`), via
     `score_models.probability_flow_ode`.
 
-    With `trajectory_every` (annealed) the pair `(x, trajectory)` is returned.
+    The images are sampled `chunk_size` at a time (`"auto"`: `default_chunk_size()`; None: all
+    at once), chunk `i` with key `fold_in(key, i)`; every chunk has the same shape, so the sampler
+    compiles once. With `trajectory_every` (annealed) the pair `(x, trajectory)` is returned,
+    `trajectory` of shape `(frames, n, 1, 28, 28)`.
     """
+    n = check_positive_int("n", n)
+    if sampler not in ("annealed", "pf-ode"):
+        raise ValueError(f"`sampler` must be 'annealed' or 'pf-ode', got {sampler!r}.")
+    chunk_size = default_chunk_size() if isinstance(chunk_size, str) and chunk_size == "auto" else chunk_size
+    chunk = n if chunk_size is None else min(check_positive_int("chunk_size", chunk_size), n)
+    n_chunks = -(-n // chunk)
+    runs = [_sample_chunk(model, jax.random.fold_in(key, i) if n_chunks > 1 else key, chunk, sampler,
+                          sigmas, trajectory_every, options) for i in range(n_chunks)]
+    if trajectory_every is not None and sampler == "annealed":
+        x = jnp.concatenate([r[0] for r in runs])[:n]
+        return x, jnp.concatenate([r[1] for r in runs], axis=1)[:, :n]
+    return jnp.concatenate(runs)[:n]
+
+
+def _sample_chunk(model, key, n, sampler, sigmas, trajectory_every, options):
     import score_models as sm
     from .zoo.chapter6 import unet_sigmas
 
-    n = check_positive_int("n", n)
     sigmas = unet_sigmas() if sigmas is None else jnp.asarray(sigmas, jnp.float32)
     sigma_max, sigma_min = float(sigmas[0]), float(sigmas[-1])
     key_init, key_run = jax.random.split(key)
@@ -176,15 +199,12 @@ def sample(model, key: PRNGKeyArray, n: int, *, sampler: str = "annealed", sigma
     if sampler == "annealed":
         opts = {**ANNEALED, **options}
         return sm.annealed_langevin(model, x0, sigmas, key_run, trajectory_every=trajectory_every, **opts)
-    if sampler == "pf-ode":
-        import diffrax
+    import diffrax
 
-        opts = {**PF_ODE, **options}
-        grid = sm.geometric_sigmas(sigma_max, sigma_min, check_positive_int("n_steps", opts["n_steps"]) + 1)
-        return sm.probability_flow_ode(model, x0, sigma_max=sigma_max, sigma_min=sigma_min,
-                                       solver=diffrax.Heun(), stepsize_controller=diffrax.StepTo(ts=grid),
-                                       dt0=None)
-    raise ValueError(f"`sampler` must be 'annealed' or 'pf-ode', got {sampler!r}.")
+    opts = {**PF_ODE, **options}
+    grid = sm.geometric_sigmas(sigma_max, sigma_min, check_positive_int("n_steps", opts["n_steps"]) + 1)
+    return sm.probability_flow_ode(model, x0, sigma_max=sigma_max, sigma_min=sigma_min, solver=diffrax.Heun(),
+                                   stepsize_controller=diffrax.StepTo(ts=grid), dt0=None)
 
 
 def image_grid(images, ncol: int = 16, pad: int = 1) -> np.ndarray:

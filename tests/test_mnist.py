@@ -194,6 +194,21 @@ def test_samplers_shapes(unet):
     assert mnist.image_grid(p, ncol=2).shape == (28 + 2, 2 * 28 + 3)
 
 
+def test_sample_in_chunks(unet):
+    """Chunk `i` of a chunked run is the unchunked sample with key `fold_in(key, i)`; the last,
+    partial chunk is trimmed; trajectories are concatenated along the image axis."""
+    kw = dict(sigmas=sm.geometric_sigmas(5.0, 0.05, 3), n_steps_each=1)
+    key = jax.random.key(3)
+    x, traj = mnist.sample(unet, key, 5, chunk_size=2, trajectory_every=1, **kw)
+    assert x.shape == (5, 1, 28, 28) and traj.shape == (3 + 2, 5, 1, 28, 28)
+    second = mnist.sample(unet, jax.random.fold_in(key, 1), 2, chunk_size=None, **kw)
+    np.testing.assert_allclose(x[2:4], second, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(traj[-1], x, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(x[0:2], x[2:4])  # chunks draw different noise
+    with pytest.raises(ValueError, match="chunk_size"):
+        mnist.sample(unet, key, 2, chunk_size=0, **kw)
+
+
 def test_recipes_record_their_training_images():
     for name in ("mnist_unet", "mnist_classifier"):
         data = zoo.get(name).config["data"]
