@@ -73,7 +73,12 @@ def main(argv: list[str] | None = None) -> int:
             continue
         shown = f"{value:14.4g}" if isinstance(value, float) else f"{value!s:>14s}"
         print(f"{key:36s} {shown}  {_verdict(key, value)}")
-    out.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    if args.only and out.exists():
+        # A partial run updates its own keys and keeps the other benchmarks' last results.
+        results = {**json.loads(out.read_text()), **results}
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=1, sort_keys=True) + "\n")
+    tmp.replace(out)  # atomic: an interrupted run never leaves half a file
     print(f"\nwrote {out}")
     return 0
 

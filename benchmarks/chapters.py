@@ -158,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         results["chapters"][str(chapter)] = entry
         print(f"chapter {chapter}: {json.dumps(entry)}", flush=True)
     results["machine"]["load_average_end"] = os.getloadavg()[0]
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    tmp = RESULTS.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(tmp, RESULTS)
     print(guide_table(results))
     if args.write_guide:
         write_guide(results)

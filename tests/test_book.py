@@ -204,6 +204,27 @@ def test_environment_yml_matches_pyproject():
     assert not required - names, f"environment.yml lacks {sorted(required - names)}"
 
 
+def test_instructor_guide_times_match_measurements():
+    """The guide's timing table is `benchmarks/chapter_times.json` rendered, for every chapter
+    in the book, and the guide has no placeholders left."""
+    sys.path.insert(0, str(book.ROOT))
+    import json
+
+    from benchmarks import chapters
+
+    results = json.loads(chapters.RESULTS.read_text())
+    text = chapters.GUIDE.read_text(encoding="utf-8")
+    table = text.split(chapters.START, 1)[1].split(chapters.END, 1)[0].strip()
+    assert table == chapters.guide_table(results).strip(), (
+        "instructor-guide.qmd's timing table is stale: run `python -m benchmarks.chapters "
+        "--write-guide` (or rewrite it from the JSON with benchmarks.chapters.write_guide)")
+    measured = {int(c) for c, r in results["chapters"].items() if "run_seconds" in r}
+    in_book = {int(Path(rel).name[:2]) for rel in NOTEBOOKS}
+    assert in_book <= measured, f"chapters without measured times: {sorted(in_book - measured)}"
+    for word in ("placeholder", "to be filled", "TODO", "Draft"):
+        assert word not in text, f"instructor-guide.qmd still says {word!r}"
+
+
 def _requirement_name(requirement: str) -> str:
     return re.split(r"[\s\[<>=!~;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
 

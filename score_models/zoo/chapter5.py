@@ -68,6 +68,11 @@ CONFIG = {
 }
 
 
+# rtol = atol of the adaptive probability-flow ODE solver when chapter 5 samples (and the
+# benchmark `pf_ode_vs_particle_loop` measures the chapter's setting with it).
+PF_TOL = 1e-3
+
+
 def annealed_sigmas(config: dict):
     """The annealed Langevin levels of the recipe, descending."""
     s = config["sigmas"]
