@@ -67,7 +67,6 @@ def run_chapter(path: Path, env: dict, inplace: bool = False) -> dict:
 
 def retrain_chapter(chapter: int, env: dict, reuse: list[str]) -> dict:
     """Builds every artifact of `chapter` from scratch in a temporary folder (no checkpoints)."""
-    sys.path.insert(0, str(ROOT))
     import score_models as sm
 
     names = sm.zoo.names(chapter=chapter)

@@ -175,37 +175,40 @@ def sample(model, key: PRNGKeyArray, n: int, *, sampler: str = "annealed", sigma
     compiles once. With `trajectory_every` (annealed) the pair `(x, trajectory)` is returned,
     `trajectory` of shape `(frames, n, 1, 28, 28)`.
     """
+    import diffrax
+
+    import score_models as sm
+    from .zoo.chapter6 import unet_sigmas
+
     n = check_positive_int("n", n)
     if sampler not in ("annealed", "pf-ode"):
         raise ValueError(f"`sampler` must be 'annealed' or 'pf-ode', got {sampler!r}.")
-    chunk_size = default_chunk_size() if isinstance(chunk_size, str) and chunk_size == "auto" else chunk_size
+    chunk_size = default_chunk_size() if chunk_size == "auto" else chunk_size
     chunk = n if chunk_size is None else min(check_positive_int("chunk_size", chunk_size), n)
+    sigmas = unet_sigmas() if sigmas is None else jnp.asarray(sigmas, jnp.float32)
+    sigma_max, sigma_min = float(sigmas[0]), float(sigmas[-1])
+    if sampler == "annealed":
+        opts = {**ANNEALED, **options}
+        run = lambda x0, k: sm.annealed_langevin(model, x0, sigmas, k, trajectory_every=trajectory_every,  # noqa: E731
+                                                 **opts)
+    else:
+        opts = {**PF_ODE, **options}
+        grid = sm.geometric_sigmas(sigma_max, sigma_min, check_positive_int("n_steps", opts["n_steps"]) + 1)
+        run = lambda x0, k: sm.probability_flow_ode(  # noqa: E731
+            model, x0, sigma_max=sigma_max, sigma_min=sigma_min, solver=diffrax.Heun(),
+            stepsize_controller=diffrax.StepTo(ts=grid), dt0=None)
+
+    def one_chunk(k):
+        key_init, key_run = jax.random.split(k)
+        x0 = sigma_max * jax.random.normal(key_init, (chunk, 1, 28, 28)) + getattr(model, "data_mean", 0.0)
+        return run(x0, key_run)
+
     n_chunks = -(-n // chunk)
-    runs = [_sample_chunk(model, jax.random.fold_in(key, i) if n_chunks > 1 else key, chunk, sampler,
-                          sigmas, trajectory_every, options) for i in range(n_chunks)]
+    runs = [one_chunk(jax.random.fold_in(key, i) if n_chunks > 1 else key) for i in range(n_chunks)]
     if trajectory_every is not None and sampler == "annealed":
         x = jnp.concatenate([r[0] for r in runs])[:n]
         return x, jnp.concatenate([r[1] for r in runs], axis=1)[:, :n]
     return jnp.concatenate(runs)[:n]
-
-
-def _sample_chunk(model, key, n, sampler, sigmas, trajectory_every, options):
-    import score_models as sm
-    from .zoo.chapter6 import unet_sigmas
-
-    sigmas = unet_sigmas() if sigmas is None else jnp.asarray(sigmas, jnp.float32)
-    sigma_max, sigma_min = float(sigmas[0]), float(sigmas[-1])
-    key_init, key_run = jax.random.split(key)
-    x0 = sigma_max * jax.random.normal(key_init, (n, 1, 28, 28)) + getattr(model, "data_mean", 0.0)
-    if sampler == "annealed":
-        opts = {**ANNEALED, **options}
-        return sm.annealed_langevin(model, x0, sigmas, key_run, trajectory_every=trajectory_every, **opts)
-    import diffrax
-
-    opts = {**PF_ODE, **options}
-    grid = sm.geometric_sigmas(sigma_max, sigma_min, check_positive_int("n_steps", opts["n_steps"]) + 1)
-    return sm.probability_flow_ode(model, x0, sigma_max=sigma_max, sigma_min=sigma_min, solver=diffrax.Heun(),
-                                   stepsize_controller=diffrax.StepTo(ts=grid), dt0=None)
 
 
 def image_grid(images, ncol: int = 16, pad: int = 1) -> np.ndarray:

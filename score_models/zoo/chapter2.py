@@ -31,7 +31,7 @@ import optax
 from .. import data, losses, models
 from ..noise import geometric_sigmas
 from ..training import fit
-from . import recipe
+from . import chapter1, recipe
 
 #: The noise schedule shared by both models (a change makes both artifacts stale).
 SIGMAS = {"schedule": "geometric", "sigma_max": 30.0, "sigma_min": 0.1, "n": 10}
@@ -44,9 +44,8 @@ OPTIMIZER = {"name": "adam", "lr": 3e-3, "schedule": "warmup_cosine", "warmup_st
 #: Fresh samples of `p_sigma` per level for the density-weighted error, and their seed.
 N_EVAL = 20_000
 EVAL_SEED = 2024
-#: The low-density region of the running example: uniform grids over the two gaps between the
-#: modes, every point at least 4 (unperturbed) standard deviations from every mean.
-GAPS = ((-11.0, -4.0), (4.0, 11.0))
+#: The low-density region of the running example (chapter 1's gaps between the modes).
+GAPS = chapter1.GAPS
 
 
 def sigmas(config: dict) -> jax.Array:
