@@ -434,9 +434,9 @@ MathJax.Hub.Register.StartupHook("NativeMML Jax Ready", function () {
 """
 # matplotlib's animation player takes its button icons from a web font on a CDN; offline, the
 # buttons show these characters instead.
-PLAYER_ICONS = {"fa-minus": "&minus;", "fa-fast-backward": "&#x23EE;", "fa-step-backward": "&#x23F4;&#x2759;",
-                "fa-play fa-flip-horizontal": "&#x25C0;", "fa-pause": "&#x23F8;", "fa-play": "&#x25B6;",
-                "fa-step-forward": "&#x2759;&#x23F5;", "fa-fast-forward": "&#x23ED;", "fa-plus": "+"}
+PLAYER_ICONS = {"fa-minus": "&minus;", "fa-fast-backward": "&laquo;", "fa-step-backward": "&lsaquo;",
+                "fa-play fa-flip-horizontal": "&#x25C0;", "fa-pause": "||", "fa-play": "&#x25B6;",
+                "fa-step-forward": "&rsaquo;", "fa-fast-forward": "&raquo;", "fa-plus": "+"}
 
 CSS = """
 <style>

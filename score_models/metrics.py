@@ -126,10 +126,18 @@ def distance_and_floor(metric: Metric, draws: Sequence[Array], exact_sampler: Sa
 
 
 class ScoreError(NamedTuple):
-    """`mse = mean ||s - s_true||^2` over the points, and `relative = mse / mean ||s_true||^2`."""
+    """`mse = mean ||s - s_true||^2` over the points, and `relative = mse / mean ||s_true||^2`,
+    the relative *squared* error. The book quotes `relative_rmse`, its square root, the
+    relative root-mean-square error `sqrt(mean ||s - s_true||^2 / mean ||s_true||^2)`."""
 
     mse: float
     relative: float
+
+    @property
+    def relative_rmse(self) -> float:
+        """The relative root-mean-square error, `sqrt(relative)`: 0.05 means the error is 5% of
+        the score's own root-mean-square size."""
+        return self.relative**0.5
 
 
 def score_error(score_fn: Callable, true_score: Callable, x: Float[Array, "n d"],

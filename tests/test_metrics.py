@@ -102,6 +102,7 @@ def test_score_error():
     assert shifted.mse == pytest.approx(0.25, rel=1e-5)
     t2 = float(jnp.mean(jnp.sum(jax.vmap(GM.score)(x) ** 2, -1)))
     assert shifted.relative == pytest.approx(0.25 / t2, rel=1e-5)
+    assert shifted.relative_rmse == pytest.approx((0.25 / t2) ** 0.5, rel=1e-5)
     # Noise-conditional: the model is called as score_fn(x, sigma).
     cond = sm.metrics.score_error(lambda y, s: GM.perturbed(s).score(y), GM.perturbed(2.0).score, x, sigma=2.0)
     assert cond.mse == pytest.approx(0.0, abs=1e-10)
