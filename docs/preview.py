@@ -83,6 +83,12 @@ def load_pages(root: Path = ROOT) -> list[Page]:
             nb = nbformat.read(str(path), as_version=4)
             title, numbered = _front_matter_title(nb)
             cells = [c for c in nb.cells if c.cell_type != "raw"]
+            first = next((c for c in cells if c.cell_type == "markdown"), None)
+            heading = re.match(r"\s*#\s+(.*?)\s*(\{[^}]*\})?\s*$", first.source.split("\n", 1)[0]) if first else None
+            if title is None and heading:  # the title is the notebook's first heading
+                title = heading.group(1)
+                numbered = numbered and ".unnumbered" not in (heading.group(2) or "")
+                first.source = first.source.split("\n", 1)[1] if "\n" in first.source else ""
         else:
             text = path.read_text(encoding="utf-8")
             text = re.sub(r"\A---\s*\n.*?\n---\s*\n", "", text, count=1, flags=re.S)
@@ -149,16 +155,17 @@ def collect_labels(pages: list[Page]) -> dict[str, tuple[str, str]]:
 # ---------------------------------------------------------------------------------------------
 
 _CODE = re.compile(r"(^(`{3,}|~{3,}).*?^\2[ \t]*$|`+[^`\n]+?`+)", re.S | re.M)
+_FENCED_CODE = re.compile(r"^(`{3,}|~{3,}).*?^\1[ \t]*$", re.S | re.M)
 
 
 def _outside_code(text: str) -> str:
     return _CODE.sub(" ", text)
 
 
-def _map_outside_code(text: str, fn) -> str:
-    """Applies `fn` to the parts of `text` outside fenced and inline code."""
+def _map_outside_code(text: str, fn, code: re.Pattern = _CODE) -> str:
+    """Applies `fn` to the parts of `text` outside code (fenced and inline, by default)."""
     out, pos = [], 0
-    for m in _CODE.finditer(text):
+    for m in code.finditer(text):
         out.append(fn(text[pos : m.start()]))
         out.append(m.group(0))
         pos = m.end()
@@ -340,17 +347,22 @@ class MarkdownRewriter:
             target = self.names[name] + (f"#{anchor}" if anchor else "")
         return f"{m.group(1)}({target})"
 
-    def prose(self, text: str) -> str:
+    def blocks(self, text: str) -> str:
+        """Headings, numbered equations and table captions (whole lines, inline code allowed)."""
         text = _HEADING.sub(self._heading, text)
         text = _EQUATION.sub(self._equation, text)
-        text = _TABLE_CAPTION.sub(self._table_caption, text)
+        return _TABLE_CAPTION.sub(self._table_caption, text)
+
+    def prose(self, text: str) -> str:
+        """Citations, cross-references and links (outside inline code)."""
         text = re.sub(r"\[([^\[\]]*@[^\[\]]*)\](?!\()", self._bracketed, text)
         text = book._CITATION.sub(self._intext, text)
         text = re.sub(r"(\]\s*)\(([^)\s]+)\)", self._links, text)
         return text
 
     def __call__(self, markdown: str) -> str:
-        return _map_outside_code(self._divs(markdown), self.prose)
+        text = _map_outside_code(self._divs(markdown), self.blocks, _FENCED_CODE)
+        return _map_outside_code(text, self.prose)
 
 
 # ---------------------------------------------------------------------------------------------
