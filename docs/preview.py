@@ -112,7 +112,7 @@ def load_pages(root: Path = ROOT) -> list[Page]:
 
 _HEADING = re.compile(r"^(#{2,6})[ \t]+(.*?)[ \t]*(?:\{([^{}\n]*)\})?[ \t]*$", re.M)
 _ATTR_ID = re.compile(r"#([A-Za-z][\w:.-]*)")
-_EQUATION = re.compile(r"\$\$(.+?)\$\$[ \t]*\{#(eq-[\w:.-]+)\}", re.S)
+_EQUATION = re.compile(r"\$\$((?:(?!\$\$).)+?)\$\$[ \t]*\{#(eq-[\w:.-]+)\}", re.S)
 _TABLE_CAPTION = re.compile(r"^:[ \t]+(.*?)[ \t]*\{#(tbl-[\w:.-]+)\}[ \t]*$", re.M)
 
 
