@@ -27,9 +27,9 @@ particles, rather than `vmap(diffeqsolve)`:
 The price: a particle's result depends, within the solver tolerance, on the rest of its batch
 (the same batch always gives bitwise the same result).
 
-Outputs follow the samplers' convention: `x`, `(x, trajectory)` when a trajectory is requested,
-and a dict `info` appended last with `return_info=True`; `info["nfe"]` is the number of score
-evaluations per particle.
+`probability_flow_ode` returns a `SamplerResult` like every sampler; `log_likelihood` a
+`LikelihoodResult`. A failed solve is always an error that says why (a score that turned NaN or
+inf, or `max_steps`), never a silently truncated result.
 """
 
 from __future__ import annotations
@@ -43,113 +43,21 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._checks import as_float_array, check_particles, check_positive, check_positive_int, check_sigmas
-from .sampling import check_score_fn
-from .sde import check_sigma_range
+from .._checks import (
+    as_float_array,
+    check_bool,
+    check_callable,
+    check_key,
+    check_particles,
+    check_positive_int,
+    check_score_fn,
+    check_sigma_range,
+)
+from ._scan import tweedie_step
+from ._solver import check_save_sigmas, check_solve, score_evals, setup_solver
+from .result import SamplerResult, finish
 
-__all__ = ["log_likelihood", "probability_flow_ode"]
-
-
-def max_rms_norm(tree) -> Float[Array, ""]:
-    """The largest per-example RMS of a pytree whose leaves have a leading batch axis `n`.
-
-    Used as the step-size controller's norm so that EVERY example meets the tolerances.
-    """
-    leaves = jax.tree.leaves(tree)
-    n = leaves[0].shape[0]
-    squares = sum(jnp.sum(jnp.reshape(jnp.abs(leaf) ** 2, (n, -1)), axis=1) for leaf in leaves)
-    size = sum(int(np.prod(leaf.shape[1:])) for leaf in leaves)
-    return jnp.sqrt(jnp.max(squares) / size)
-
-
-def _evals_per_step(solver) -> tuple[int, int] | None:
-    """`(score evaluations per step, extra evaluations at the start)`, or None when unknown.
-
-    Explicit Runge-Kutta solvers evaluate every stage once per step (accepted or rejected);
-    first-same-as-last (FSAL) ones reuse their last stage, so one stage is evaluated only on
-    the first step. Checked against a counting callback in the tests.
-    """
-    if isinstance(solver, diffrax.Euler):
-        return 1, 0
-    if isinstance(solver, diffrax.AbstractERK):
-        stages = len(solver.tableau.c) + 1
-        fsal = int(bool(solver.tableau.fsal))
-        return stages - fsal, fsal
-    return None
-
-
-def _nfe(solver, num_steps):
-    per = _evals_per_step(solver)
-    if per is None:
-        return None
-    return per[0] * int(num_steps) + per[1]
-
-
-def _step_to(controller, start, end, dtype):
-    """A `diffrax.StepTo` whose first and last times are exactly `start` and `end` (diffrax
-    requires equality; `geometric_sigmas` endpoints can be an ulp off in float32)."""
-    ts = np.asarray(controller.ts, np.float64)
-    direction = 1.0 if end > start else -1.0
-    close = lambda a, b: abs(a - b) <= 1e-5 * abs(b)  # noqa: E731
-    if (ts.ndim != 1 or ts.size < 2 or not np.all(np.isfinite(ts)) or np.any(direction * np.diff(ts) <= 0)
-            or not close(ts[0], start) or not close(ts[-1], end)):
-        raise ValueError(
-            f"`stepsize_controller` StepTo times must run monotonically from {start} to {end} "
-            f"(the direction of integration), got {ts.size} time(s)"
-            + (f" from {ts.flat[0]} to {ts.flat[-1]}." if ts.size else ".")
-        )
-    ts = jnp.asarray(ts, dtype).at[0].set(start).at[-1].set(end)
-    return diffrax.StepTo(ts=ts)
-
-
-def _setup_solver(solver, stepsize_controller, rtol, atol, dt0, start, end, max_steps, dtype):
-    """Validates the solver options for a solve from `start` to `end` (noise levels); returns
-    `(controller, dt0, max_steps)` with `dt0` positive or None."""
-    if not isinstance(solver, diffrax.AbstractSolver):
-        raise ValueError(f"`solver` must be a diffrax solver (e.g. diffrax.Tsit5()), got {solver!r}.")
-    max_steps = check_positive_int("max_steps", max_steps)
-    if dt0 is not None:
-        check_positive("dt0", dt0)
-    if stepsize_controller is not None:
-        if isinstance(stepsize_controller, diffrax.StepTo):
-            if dt0 is not None:
-                raise ValueError("`dt0` must be None with a StepTo `stepsize_controller`.")
-            controller = _step_to(stepsize_controller, float(start), float(end), dtype)
-            return controller, None, max(max_steps, controller.ts.shape[0])
-        if not isinstance(stepsize_controller, diffrax.AbstractStepSizeController):
-            raise ValueError(
-                "`stepsize_controller` must be a diffrax step-size controller, got "
-                f"{type(stepsize_controller).__name__}."
-            )
-        return stepsize_controller, dt0, max_steps
-    if isinstance(solver, diffrax.AbstractAdaptiveSolver):
-        check_positive("rtol", rtol)
-        check_positive("atol", atol)
-        controller = diffrax.PIDController(rtol=rtol, atol=atol, norm=max_rms_norm)
-        if dt0 is None:
-            # Our own first step (diffrax's automatic choice is a fixed 0.01 for wrapped terms).
-            dt0 = 0.01 * abs(end - start)
-        return controller, dt0, max_steps
-    if dt0 is None:
-        raise ValueError(
-            f"`dt0` is required for {type(solver).__name__}, which has no error estimate "
-            "(or pass stepsize_controller=diffrax.StepTo(ts=...))."
-        )
-    return diffrax.ConstantStepSize(), dt0, max_steps
-
-
-def _check_save_sigmas(save_sigmas, sigma_max, sigma_min, dtype):
-    """Strictly decreasing levels within `[sigma_min, sigma_max]` (clipped within 1e-5 relative,
-    so `geometric_sigmas(sigma_max, sigma_min, k)` with its float32 round-off is accepted)."""
-    save = check_sigmas("save_sigmas", save_sigmas)
-    arr = np.asarray(save, np.float64)
-    lo, hi = float(sigma_min), float(sigma_max)
-    if arr[0] > hi * (1 + 1e-5) or arr[-1] < lo * (1 - 1e-5):
-        raise ValueError(
-            f"`save_sigmas` must lie within [sigma_min, sigma_max] = [{lo}, {hi}], got "
-            f"{arr.tolist()}."
-        )
-    return jnp.clip(save.astype(dtype), jnp.asarray(lo, dtype), jnp.asarray(hi, dtype))
+__all__ = ["LikelihoodResult", "log_likelihood", "probability_flow_ode"]
 
 
 def _sigma_scalar(name, value, dtype):
@@ -158,7 +66,7 @@ def _sigma_scalar(name, value, dtype):
 
 @eqx.filter_jit
 def _pf_ode_kernel(score_fn, x_init, sigma_max, sigma_min, save_sigmas, solver, controller, dt0,
-                   max_steps):
+                   max_steps, denoise):
     batched_score = jax.vmap(score_fn, in_axes=(0, None))
 
     def drift(sigma, x, args):
@@ -170,10 +78,14 @@ def _pf_ode_kernel(score_fn, x_init, sigma_max, sigma_min, save_sigmas, solver, 
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(drift), solver, sigma_max, sigma_min, None if dt0 is None else -dt0, x_init,
         saveat=diffrax.SaveAt(subs=subs), stepsize_controller=controller, max_steps=max_steps,
+        throw=False,
     )
     x = sol.ys[0][-1]
     trajectory = sol.ys[1] if save_sigmas is not None else None
-    return x, trajectory, sol.stats
+    before = x
+    if denoise:
+        x, trajectory = tweedie_step(batched_score, x, sigma_min, trajectory)
+    return x, trajectory, before, sol.stats, sol.result, sol.ts[0][-1]
 
 
 def probability_flow_ode(
@@ -183,14 +95,15 @@ def probability_flow_ode(
     sigma_max: float,
     sigma_min: float,
     solver: diffrax.AbstractSolver = diffrax.Tsit5(),
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
-    save_sigmas=None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    save_sigmas: Float[Array, " k"] | None = None,
     dt0: float | None = None,
     max_steps: int = 4096,
     stepsize_controller: diffrax.AbstractStepSizeController | None = None,
-    return_info: bool = False,
-):
+    denoise: bool = False,
+    throw: bool = True,
+) -> SamplerResult:
     """Samples by solving the probability-flow ODE `dx/dsigma = -sigma score_fn(x, sigma)` from
     `sigma_max` down to `sigma_min` with diffrax.
 
@@ -205,54 +118,78 @@ def probability_flow_ode(
     - `x_init`: `(n, *shape)` particles at `sigma_max`, typically `sigma_max * N(0, I)`.
     - `sigma_max`, `sigma_min`: the noise levels at the start and the end (`sigma_min < sigma_max`).
     - `solver`: a diffrax ODE solver; default the adaptive `diffrax.Tsit5()`.
-    - `rtol`, `atol`: tolerances of the adaptive step-size controller (per particle).
+    - `rtol`, `atol`: tolerances of the adaptive step-size controller (per particle); default
+      1e-5 each. Refused when they have no use (a `stepsize_controller`, or a solver without an
+      error estimate).
     - `save_sigmas`: strictly decreasing noise levels in `[sigma_min, sigma_max]` at which to
-      also return the particles (`diffrax.SaveAt`, by dense interpolation).
+      also keep the particles (`diffrax.SaveAt`, by dense interpolation): the trajectory.
     - `dt0`: the first step in sigma (positive) for adaptive solvers (default 1% of
       `sigma_max - sigma_min`); the constant step for solvers without an error estimate
       (e.g. `diffrax.Euler()`), where it is required.
     - `max_steps`: the most steps before the solve fails with an error.
-    - `stepsize_controller`: overrides the controller (then `rtol`/`atol` are unused), e.g.
+    - `stepsize_controller`: overrides the controller, e.g.
       `diffrax.StepTo(ts=sm.geometric_sigmas(sigma_max, sigma_min, k))` for a fixed
       geometric grid (with `dt0=None`; its first and last times, which must be within 1e-5
       relative of `sigma_max` and `sigma_min`, are set to exactly those).
-    - `return_info`: also return a dict `info` with `"nfe"` (score evaluations per particle,
-      `None` for solvers whose count is not known, e.g. implicit ones), `"num_steps"`,
-      `"num_accepted_steps"` and `"num_rejected_steps"` (from the solution's stats).
+    - `denoise`: finish with Tweedie's step `x + sigma_min^2 s(x, sigma_min)` (one more score
+      evaluation), as the stochastic samplers do.
+    - `throw`: raise a `FloatingPointError` when particles end NaN or inf; with False the result
+      reports them in `n_diverged`. A solve that fails (`max_steps` reached, or a score that
+      turns NaN under an adaptive solver, which then rejects every step) always raises.
 
-    **Returns:** `x` of shape `(n, *shape)`, the particles at `sigma_min`; `(x, trajectory)`
-    with `save_sigmas`, `trajectory` of shape `(len(save_sigmas), n, *shape)`; `info` appended
-    last with `return_info=True`.
+    **Returns:** a `SamplerResult`: `samples` `(n, *shape)` at `sigma_min` (denoised with
+    `denoise`); `trajectory` of shape `(len(save_sigmas) [+ 1 if denoise], n, *shape)` and
+    `trajectory_sigmas` (`save_sigmas` [, 0]) with `save_sigmas`; `score_evals` (None for
+    solvers whose count is not known, e.g. implicit ones); `stats` with `num_steps`,
+    `num_accepted_steps` and `num_rejected_steps`.
     """
     x_init = check_particles("x_init", x_init)
-    check_sigma_range(sigma_max, sigma_min)
     dtype = x_init.dtype
-    controller, dt0, max_steps = _setup_solver(solver, stepsize_controller, rtol, atol, dt0,
-                                               sigma_max, sigma_min, max_steps, dtype)
-    save = None if save_sigmas is None else _check_save_sigmas(save_sigmas, sigma_max, sigma_min, dtype)
-    check_score_fn(score_fn, x_init, sigma=True)
-    x, trajectory, stats = _pf_ode_kernel(
-        score_fn, x_init, _sigma_scalar("sigma_max", sigma_max, dtype),
-        _sigma_scalar("sigma_min", sigma_min, dtype), save, solver, controller,
-        None if dt0 is None else jnp.asarray(dt0, dtype), max_steps,
+    check_sigma_range(sigma_max, sigma_min, dtype)
+    controller, dt0, max_steps = setup_solver(solver, stepsize_controller, rtol, atol, dt0,
+                                              sigma_max, sigma_min, max_steps, dtype)
+    save = None if save_sigmas is None else check_save_sigmas(save_sigmas, sigma_max, sigma_min, dtype)
+    denoise = check_bool("denoise", denoise)
+    throw = check_bool("throw", throw)
+    check_score_fn(score_fn, x_init, conditional=True)
+    smin = _sigma_scalar("sigma_min", sigma_min, dtype)
+    x, trajectory, before, stats, result, reached = _pf_ode_kernel(
+        score_fn, x_init, _sigma_scalar("sigma_max", sigma_max, dtype), smin, save, solver,
+        controller, None if dt0 is None else jnp.asarray(dt0, dtype), max_steps, denoise,
     )
-    out = (x,) if save is None else (x, trajectory)
-    if return_info:
-        out = out + (_info(solver, stats),)
-    return out[0] if len(out) == 1 else out
+    check_solve("probability_flow_ode", result, reached, before, score_fn, sigma_min, max_steps)
+    evals = score_evals(solver, stats["num_steps"])
+    traj_sigmas = None
+    if save is not None:
+        traj_sigmas = jnp.concatenate([save, jnp.zeros((1,), dtype)]) if denoise else save
+    return finish("probability_flow_ode", x, trajectory=trajectory, trajectory_sigmas=traj_sigmas,
+                  before=before if denoise else None,
+                  score_evals=None if evals is None else evals + int(denoise),
+                  stats=_stats(stats), throw=throw, hint="a score model that is finite on the whole noise range")
 
 
-def _info(solver, stats) -> dict:
-    return {
-        "nfe": _nfe(solver, stats["num_steps"]),
-        "num_steps": int(stats["num_steps"]),
-        "num_accepted_steps": int(stats["num_accepted_steps"]),
-        "num_rejected_steps": int(stats["num_rejected_steps"]),
-    }
+def _stats(stats) -> dict:
+    return {k: int(stats[k]) for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")}
 
 
 # ------------------------------------------------------------------------------------------
 # Log-likelihood
+
+
+class LikelihoodResult(eqx.Module):
+    """What `log_likelihood` returns.
+
+    **Fields:**
+
+    - `log_prob`: `(n,)` the log-density of each example at `sigma_min`.
+    - `score_evals`: evaluations of the vector field per example (each one score evaluation
+      plus its Jacobian-vector products); None for solvers whose count is unknown.
+    - `stats`: `num_steps`, `num_accepted_steps`, `num_rejected_steps` of the solve.
+    """
+
+    log_prob: Float[Array, " n"]
+    score_evals: int | None
+    stats: dict[str, int]
 
 
 def _gaussian_prior(sigma_max):
@@ -289,9 +226,53 @@ def _log_likelihood_kernel(score_fn, x, sigma_min, sigma_max, prior_logp, probes
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(vector_field), solver, sigma_min, sigma_max, dt0, y0,
         saveat=diffrax.SaveAt(t1=True), stepsize_controller=controller, max_steps=max_steps,
+        throw=False,
     )
     x_end, delta = sol.ys[0][-1], sol.ys[1][-1]
-    return jax.vmap(prior_logp)(x_end) + delta, sol.stats
+    return jax.vmap(prior_logp)(x_end) + delta, sol.stats, sol.result, sol.ts[-1], x_end
+
+
+def _check_prior_logp(prior_logp, shape, dtype) -> None:
+    check_callable("prior_logp", prior_logp)
+    try:
+        out = jax.eval_shape(prior_logp, jax.ShapeDtypeStruct(shape, dtype))
+    except Exception as e:
+        raise ValueError(f"`prior_logp` failed on ONE example of shape {shape}: {e}") from e
+    if getattr(out, "shape", None) != ():
+        raise ValueError(
+            f"`prior_logp` must return a scalar for ONE example, got shape "
+            f"{getattr(out, 'shape', type(out).__name__)}."
+        )
+
+
+def _probes(x, exact_divergence, key, n_probes, probe):
+    """The probe vectors and their weight: the basis (exact trace) or random probes."""
+    shape, dtype = x.shape[1:], x.dtype
+    d = int(np.prod(shape))
+    if exact_divergence:
+        for name, value in (("key", key), ("n_probes", n_probes), ("probe", probe)):
+            if value is not None:
+                raise ValueError(
+                    f"`{name}` is used by Hutchinson's estimator only; the divergence is exact here "
+                    f"(exact_divergence=True{', the default for d <= 16' if d <= 16 else ''})."
+                )
+        return jnp.eye(d, dtype=dtype).reshape(d, *shape), 1.0
+    n_probes = check_positive_int("n_probes", 1 if n_probes is None else n_probes)
+    probe = "rademacher" if probe is None else probe
+    if probe not in ("rademacher", "gaussian"):
+        raise ValueError(f"`probe` must be 'rademacher' or 'gaussian', got {probe!r}.")
+    if key is None:
+        raise ValueError(
+            "`key` is required for Hutchinson's divergence estimator (exact_divergence=False"
+            + (", the default for d = {} > 16).".format(d) if d > 16 else ").")
+        )
+    check_key("key", key)
+    probe_shape = (x.shape[0], n_probes, *shape)
+    if probe == "rademacher":
+        probes = jax.random.rademacher(key, probe_shape, dtype=dtype)
+    else:
+        probes = jax.random.normal(key, probe_shape, dtype=dtype)
+    return probes, 1.0 / n_probes
 
 
 def log_likelihood(
@@ -303,16 +284,15 @@ def log_likelihood(
     prior_logp: Callable | None = None,
     key: PRNGKeyArray | None = None,
     exact_divergence: bool | None = None,
-    n_probes: int = 1,
-    probe: Literal["rademacher", "gaussian"] = "rademacher",
+    n_probes: int | None = None,
+    probe: Literal["rademacher", "gaussian"] | None = None,
     solver: diffrax.AbstractSolver = diffrax.Tsit5(),
-    rtol: float = 1e-5,
-    atol: float = 1e-5,
+    rtol: float | None = None,
+    atol: float | None = None,
     dt0: float | None = None,
     max_steps: int = 4096,
     stepsize_controller: diffrax.AbstractStepSizeController | None = None,
-    return_info: bool = False,
-):
+) -> LikelihoodResult:
     """The log-density at noise level `sigma_min` of each example, by the instantaneous change of
     variables along the probability-flow ODE.
 
@@ -321,7 +301,7 @@ def log_likelihood(
 
         log p_sigma_min(x) = prior_logp(x(sigma_max)) + integral_{sigma_min}^{sigma_max} div f dsigma.
 
-    With the exact score (`gm.perturbed(sigma).score` for a `GaussianMixture`) and the exact
+    With the exact score (`gm.perturbed_score` for a `GaussianMixture` `gm`) and the exact
     prior (`gm.perturbed(sigma_max).log_prob`), this is `gm.perturbed(sigma_min).log_prob(x)` up
     to the solver tolerance. All examples are integrated in ONE jitted `diffeqsolve` (see the
     module docstring).
@@ -335,65 +315,45 @@ def log_likelihood(
     - `prior_logp`: the log-density at `sigma_max` of ONE example, `(*shape) -> scalar`; default
       `N(0, sigma_max^2 I)`. (For the VE process the exact prior is the data convolved with
       `N(0, sigma_max^2 I)`; the Gaussian is its approximation for large `sigma_max`.)
-    - `key`: PRNG key of the probes; required for Hutchinson's estimator.
     - `exact_divergence`: the exact trace of the Jacobian (`d` forward-mode JVPs per
       evaluation, `d = prod(shape)`) or Hutchinson's unbiased estimator `p^T (df/dx) p` with
       `n_probes` random probes per example, fixed along the trajectory (one JVP each). Default:
       exact when `d <= 16`.
-    - `n_probes`: Hutchinson probes per example (averaged).
-    - `probe`: `"rademacher"` (entries +-1; lower variance, exact when `d = 1`) or `"gaussian"`.
+    - `key`: PRNG key of the probes; required for Hutchinson's estimator (and refused with the
+      exact divergence, like `n_probes` and `probe`).
+    - `n_probes`: Hutchinson probes per example (averaged); default 1.
+    - `probe`: `"rademacher"` (entries +-1; lower variance, exact when `d = 1`; the default) or
+      `"gaussian"`.
     - `solver`, `rtol`, `atol`, `dt0`, `max_steps`, `stepsize_controller`: as in
       `probability_flow_ode` (the error of the log-density term is controlled too); a `StepTo`
       grid runs upwards, from `sigma_min` to `sigma_max`.
-    - `return_info`: also return a dict `info` with `"nfe"` (evaluations of the vector field,
-      each costing one score evaluation plus its JVPs), `"num_steps"`, ...
 
-    **Returns:** `(n,)` log-densities; `(logp, info)` with `return_info=True`.
+    **Returns:** a `LikelihoodResult`: `log_prob` `(n,)`, `score_evals` and `stats`. A solve
+    that fails, or a non-finite log-density, raises.
     """
     x = check_particles("x", x)
-    check_sigma_range(sigma_max, sigma_min)
     dtype = x.dtype
-    controller, dt0, max_steps = _setup_solver(solver, stepsize_controller, rtol, atol, dt0,
-                                               sigma_min, sigma_max, max_steps, dtype)
-    shape = x.shape[1:]
-    d = int(np.prod(shape))
-    if exact_divergence is None:
-        exact_divergence = d <= 16
-    if exact_divergence:
-        probes = jnp.eye(d, dtype=dtype).reshape(d, *shape)
-        probe_scale = 1.0
-    else:
-        n_probes = check_positive_int("n_probes", n_probes)
-        if probe not in ("rademacher", "gaussian"):
-            raise ValueError(f"`probe` must be 'rademacher' or 'gaussian', got {probe!r}.")
-        if key is None:
-            raise ValueError(
-                "`key` is required for Hutchinson's divergence estimator (exact_divergence=False, "
-                f"the default for d = {d} > 16)."
-            )
-        probe_shape = (x.shape[0], n_probes, *shape)
-        if probe == "rademacher":
-            probes = jax.random.rademacher(key, probe_shape, dtype=dtype)
-        else:
-            probes = jax.random.normal(key, probe_shape, dtype=dtype)
-        probe_scale = 1.0 / n_probes
-    check_score_fn(score_fn, x, sigma=True)
+    check_sigma_range(sigma_max, sigma_min, dtype)
+    controller, dt0, max_steps = setup_solver(solver, stepsize_controller, rtol, atol, dt0,
+                                              sigma_min, sigma_max, max_steps, dtype)
+    d = int(np.prod(x.shape[1:]))
+    exact_divergence = d <= 16 if exact_divergence is None else check_bool("exact_divergence", exact_divergence)
+    probes, probe_scale = _probes(x, exact_divergence, key, n_probes, probe)
+    check_score_fn(score_fn, x, conditional=True)
     if prior_logp is not None:
-        if not callable(prior_logp):
-            raise ValueError(f"`prior_logp` must be callable, got {type(prior_logp).__name__}.")
-        try:
-            out = jax.eval_shape(prior_logp, jax.ShapeDtypeStruct(shape, dtype))
-        except Exception as e:
-            raise ValueError(f"`prior_logp` failed on ONE example of shape {shape}: {e}") from e
-        if getattr(out, "shape", None) != ():
-            raise ValueError(
-                f"`prior_logp` must return a scalar for ONE example, got shape "
-                f"{getattr(out, 'shape', type(out).__name__)}."
-            )
-    logp, stats = _log_likelihood_kernel(
+        _check_prior_logp(prior_logp, x.shape[1:], dtype)
+    logp, stats, result, reached, x_reached = _log_likelihood_kernel(
         score_fn, x, _sigma_scalar("sigma_min", sigma_min, dtype),
         _sigma_scalar("sigma_max", sigma_max, dtype), prior_logp, probes,
         jnp.asarray(probe_scale, dtype), solver, controller,
         None if dt0 is None else jnp.asarray(dt0, dtype), max_steps,
     )
-    return (logp, _info(solver, stats)) if return_info else logp
+    check_solve("log_likelihood", result, reached, x_reached, score_fn, sigma_max, max_steps)
+    bad = int(jnp.sum(~jnp.isfinite(logp)))
+    if bad:
+        raise FloatingPointError(
+            f"`log_likelihood`: {bad} of {logp.shape[0]} log-densities are NaN or inf (check "
+            "`prior_logp` and the score model)."
+        )
+    return LikelihoodResult(log_prob=logp, score_evals=score_evals(solver, stats["num_steps"]),
+                            stats=_stats(stats))
