@@ -7,13 +7,32 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
 
+from ._checks import as_float_array, check_noise_level, check_score_fn
+
 DPI = 80
+
+
+@eqx.filter_jit
+def _evaluate(score_fn, points, sigma):
+    """`score_fn` at every point, `(m, d) -> (m, d)`, in one compiled call (models and bound
+    methods are pytrees: one compilation per shape)."""
+    if sigma is None:
+        return jax.vmap(score_fn)(points)
+    return jax.vmap(score_fn, in_axes=(0, None))(points, sigma)
+
+
+def _scores(score_fn, points, sigma):
+    check_score_fn(score_fn, points, conditional=sigma is not None)
+    if sigma is not None:
+        sigma = jnp.asarray(check_noise_level("sigma", sigma), points.dtype)
+    return np.asarray(_evaluate(score_fn, points, sigma))
 
 
 def setup(dpi: int = DPI) -> None:
@@ -33,26 +52,21 @@ def ecdf(ax, samples, label: str | None = None, **kwargs):
 
 def score_curve(ax, score_fn: Callable, grid, *, sigma=None, label: str | None = None, **kwargs):
     """Plots a 1D score function on `grid` (shape `(m,)`): `score_fn(x)` or `score_fn(x, sigma)`
-    for one point `x` of shape `(1,)`."""
-    g = jnp.asarray(grid, dtype=jnp.float32).reshape(-1, 1)
-    if sigma is None:
-        s = jax.vmap(score_fn)(g)
-    else:
-        s = jax.vmap(score_fn, in_axes=(0, None))(g, jnp.float32(sigma))
-    return ax.plot(np.asarray(g[:, 0]), np.asarray(s[:, 0]), label=label, **kwargs)
+    for one point `x` of shape `(1,)`, evaluated in one compiled call."""
+    g = jnp.asarray(as_float_array("grid", grid), dtype=jnp.float32).reshape(-1, 1)
+    s = _scores(score_fn, g, sigma)
+    return ax.plot(np.asarray(g[:, 0]), s[:, 0], label=label, **kwargs)
 
 
 def vector_field(ax, score_fn: Callable, limits=(-3, 3, -3, 3), *, n: int = 20, sigma=None,
                  normalise: bool = True, **kwargs):
-    """Quiver plot of a 2D score field on an `n x n` grid over `limits` (xmin, xmax, ymin, ymax)."""
+    """Quiver plot of a 2D score field on an `n x n` grid over `limits` (xmin, xmax, ymin, ymax),
+    evaluated in one compiled call."""
     xs = np.linspace(limits[0], limits[1], n)
     ys = np.linspace(limits[2], limits[3], n)
     xx, yy = np.meshgrid(xs, ys)
     pts = jnp.asarray(np.stack([xx.ravel(), yy.ravel()], -1), dtype=jnp.float32)
-    if sigma is None:
-        s = np.asarray(jax.vmap(score_fn)(pts))
-    else:
-        s = np.asarray(jax.vmap(score_fn, in_axes=(0, None))(pts, jnp.float32(sigma)))
+    s = _scores(score_fn, pts, sigma)
     if normalise:
         s = s / (np.linalg.norm(s, axis=-1, keepdims=True) + 1e-8)
     kwargs.setdefault("color", "0.3")
