@@ -120,6 +120,19 @@ def test_samplers_keep_event_shapes_and_are_deterministic():
     np.testing.assert_allclose(d, x0 - 0.5 * x0, rtol=1e-6)
 
 
+def test_tweedie_denoise_with_one_level_per_particle():
+    """On N(0, 1) data the posterior mean of x given x + sigma z is x / (1 + sigma^2)."""
+    gauss = sm.GaussianMixture([[0.0]], [1.0], [1.0])
+    x = jnp.linspace(-3.0, 3.0, 4)[:, None]
+    sigma = jnp.array([0.1, 0.5, 1.0, 2.0])
+    np.testing.assert_allclose(sm.tweedie_denoise(gauss.perturbed_score, x, sigma),
+                               x / (1 + sigma[:, None] ** 2), rtol=1e-6)
+    with pytest.raises(ValueError, match="`sigma` must be a scalar or hold one level per particle"):
+        sm.tweedie_denoise(gauss.perturbed_score, x, sigma[:3])
+    with pytest.raises(ValueError, match="`sigma`"):
+        sm.tweedie_denoise(gauss.perturbed_score, x, sigma.at[0].set(0.0))
+
+
 # ------------------------------------------------------------------------------------------
 # Score evaluations are counted for real
 
