@@ -5,6 +5,7 @@ Figures are kept small (the book's notebooks are committed with their outputs).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Sequence
 
 import equinox as eqx
@@ -44,13 +45,13 @@ def setup(dpi: int = DPI) -> None:
                          "animation.html": "jshtml", "animation.embed_limit": 8.0})
 
 
-def ecdf(ax, samples, label: str | None = None, **kwargs):
+def ecdf(ax, samples, label: str | None = None, **kwargs) -> list:
     """Plots the empirical CDF of 1D `samples` (shape `(n,)` or `(n, 1)`) on `ax`."""
     x = np.sort(np.asarray(samples).reshape(-1))
     return ax.step(x, np.arange(1, x.size + 1) / x.size, where="post", label=label, **kwargs)
 
 
-def score_curve(ax, score_fn: Callable, grid, *, sigma=None, label: str | None = None, **kwargs):
+def score_curve(ax, score_fn: Callable, grid, *, sigma=None, label: str | None = None, **kwargs) -> list:
     """Plots a 1D score function on `grid` (shape `(m,)`): `score_fn(x)` or `score_fn(x, sigma)`
     for one point `x` of shape `(1,)`, evaluated in one compiled call."""
     g = jnp.asarray(as_float_array("grid", grid), dtype=jnp.float32).reshape(-1, 1)
@@ -59,7 +60,7 @@ def score_curve(ax, score_fn: Callable, grid, *, sigma=None, label: str | None =
 
 
 def vector_field(ax, score_fn: Callable, limits=(-3, 3, -3, 3), *, n: int = 20, sigma=None,
-                 normalise: bool = True, **kwargs):
+                 normalise: bool = True, **kwargs) -> mpl.quiver.Quiver:
     """Quiver plot of a 2D score field on an `n x n` grid over `limits` (xmin, xmax, ymin, ymax),
     evaluated in one compiled call."""
     xs = np.linspace(limits[0], limits[1], n)
@@ -73,7 +74,8 @@ def vector_field(ax, score_fn: Callable, limits=(-3, 3, -3, 3), *, n: int = 20, 
     return ax.quiver(pts[:, 0], pts[:, 1], s[:, 0], s[:, 1], **kwargs)
 
 
-def animate(fig, draw_frame: Callable[[int], None], n_frames: int, *, interval: int = 100):
+def animate(fig, draw_frame: Callable[[int], None], n_frames: int, *,
+            interval: int = 100) -> mpl.animation.Animation:
     """A celluloid animation: `draw_frame(i)` draws frame `i` on the figure's axes (without
     clearing); returns a matplotlib animation (displayed as an HTML player in notebooks)."""
     from celluloid import Camera
@@ -93,7 +95,7 @@ def trajectory_frames(trajectory, n_frames: int) -> Sequence[int]:
     return np.unique(np.linspace(0, t - 1, n_frames).round().astype(int)).tolist()
 
 
-def save_mp4(anim, path, *, fps: int | None = None, dpi: int | None = None) -> "Path":
+def save_mp4(anim, path, *, fps: int | None = None, dpi: int | None = None) -> Path:
     """Writes a matplotlib animation (e.g. from `animate`) to an mp4 file at `path`.
 
     Uses matplotlib's `FFMpegWriter` pointed at the ffmpeg binary bundled with `imageio-ffmpeg`
@@ -101,8 +103,6 @@ def save_mp4(anim, path, *, fps: int | None = None, dpi: int | None = None) -> "
     needed. `fps` defaults to the animation's own frame rate (`1000 / interval`); `dpi` to the
     figure's. Returns the path written.
     """
-    from pathlib import Path
-
     from matplotlib import animation as mpl_animation
 
     if not isinstance(anim, mpl_animation.Animation):
