@@ -268,7 +268,8 @@ def check_score_output(name: str, out: Any, shape: tuple) -> None:
 
 
 def check_key(name: str, key: Any) -> None:
-    """Raises unless `key` is a JAX PRNG key (typed, or a legacy uint32 array of shape (2,))."""
+    """Raises unless `key` is one JAX PRNG key: typed (`jax.random.key`) or a raw uint32 array
+    (`jax.random.PRNGKey`)."""
     if not is_concrete(key):
         return
     if isinstance(key, jax.Array) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
@@ -276,7 +277,7 @@ def check_key(name: str, key: Any) -> None:
             raise ValueError(f"`{name}` must be a single PRNG key, got a batch of shape {key.shape}.")
         return
     arr = np.asarray(key) if isinstance(key, (np.ndarray, jax.Array)) else None
-    if arr is None or arr.dtype != np.uint32 or arr.shape != (2,):
+    if arr is None or arr.dtype != np.uint32 or arr.ndim != 1:  # raw keys: (2,), (4,) for rbg
         raise ValueError(
             f"`{name}` must be a JAX PRNG key (e.g. jax.random.key(0)), got "
             f"{_type_name(key) if arr is None else f'{arr.dtype} array of shape {arr.shape}'}."
