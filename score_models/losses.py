@@ -20,7 +20,7 @@ from ._checks import (
     check_callable,
     check_noise_level,
     check_positive_int,
-    check_score_output,
+    check_score_fn,
     check_sigma_range,
     check_sigmas,
 )
@@ -43,9 +43,18 @@ def _sum_event(x):
     return jnp.sum(x.reshape(x.shape[0], -1), axis=-1)
 
 
-def _check_scores(name: str, scores, batch) -> None:
-    """Refuses scores `(n, *shape')` of another shape than the batch `(n, *shape)`."""
-    check_score_output(name, jax.ShapeDtypeStruct(scores.shape[1:], scores.dtype), batch.shape[1:])
+def _check_inputs(model, batch, *, conditional: bool) -> None:
+    """At trace time: a floating `batch` `(n, *shape)`, and a `model` that maps ONE example (and
+    a scalar sigma when `conditional`) to the example's shape (a score of another shape would be
+    broadcast into a wrong loss)."""
+    if not jnp.issubdtype(batch.dtype, jnp.floating):
+        raise ValueError(
+            f"The loss's `batch` (the training `data`) must be floating point, got {batch.dtype}; "
+            "convert it, e.g. `data.astype(jnp.float32)`."
+        )
+    if batch.ndim < 2:
+        raise ValueError(f"The loss's `batch` must have shape (n, *shape), got {batch.shape}.")
+    check_score_fn(model, batch, conditional=conditional, name="model")
 
 
 def _jacobian_trace(f, x):
@@ -64,10 +73,10 @@ def explicit_score_matching(true_score: Callable) -> LossFn:
     check_callable("true_score", true_score)
 
     def loss_fn(model, batch, key=None):
+        _check_inputs(model, batch, conditional=False)
+        check_score_fn(true_score, batch, conditional=False, name="true_score")
         s = jax.vmap(model)(batch)
         t = jax.vmap(true_score)(batch)
-        _check_scores("model", s, batch)
-        _check_scores("true_score", t, batch)
         return 0.5 * jnp.mean(_sum_event((s - t) ** 2))
 
     return loss_fn
@@ -81,11 +90,10 @@ def implicit_score_matching() -> LossFn:
     Equals explicit score matching minus the constant `1/2 E ||grad log p||^2`."""
 
     def per_example(model, x):
-        s = model(x)
-        check_score_output("model", s, x.shape)
-        return 0.5 * jnp.sum(s**2) + _jacobian_trace(model, x)
+        return 0.5 * jnp.sum(model(x) ** 2) + _jacobian_trace(model, x)
 
     def loss_fn(model, batch, key=None):
+        _check_inputs(model, batch, conditional=False)
         return jnp.mean(jax.vmap(per_example, in_axes=(None, 0))(model, batch))
 
     return loss_fn
@@ -112,7 +120,6 @@ def sliced_score_matching(n_projections: int = 1, *, variance_reduction: bool = 
         else:
             v = jax.random.rademacher(key, (n_projections, *x.shape), x.dtype)
         s, jvp = jax.linearize(model, x)
-        check_score_output("model", s, x.shape)
         jv = jax.vmap(jvp)(v)
         vjv = jnp.mean(_sum_event(v * jv))
         if variance_reduction:
@@ -120,6 +127,7 @@ def sliced_score_matching(n_projections: int = 1, *, variance_reduction: bool = 
         return vjv + 0.5 * jnp.mean(_sum_event(v * s) ** 2)
 
     def loss_fn(model, batch, key):
+        _check_inputs(model, batch, conditional=False)
         keys = jax.random.split(key, batch.shape[0])
         return jnp.mean(jax.vmap(per_example, in_axes=(None, 0, 0))(model, batch, keys))
 
@@ -133,9 +141,9 @@ def denoising_score_matching(sigma: float) -> LossFn:
     sigma = check_noise_level("sigma", sigma)
 
     def loss_fn(model, batch, key):
+        _check_inputs(model, batch, conditional=False)
         z = jax.random.normal(key, batch.shape, batch.dtype)
         s = jax.vmap(model)(batch + sigma * z)
-        _check_scores("model", s, batch)
         return 0.5 * jnp.mean(_sum_event((s + z / sigma) ** 2))
 
     return loss_fn
@@ -184,10 +192,10 @@ def multiscale_denoising_score_matching(sigmas: Float[Array, " L"]) -> LossFn:
         z = jax.random.normal(key_z, batch.shape, batch.dtype)
         sigma_b = sigma.reshape(-1, *([1] * (batch.ndim - 1)))
         s = jax.vmap(model)(batch + sigma_b * z, sigma)
-        _check_scores("model", s, batch)
         return 0.5 * jnp.mean(_sum_event((sigma_b * s + z) ** 2))
 
     def loss_fn(model, batch, key):
+        _check_inputs(model, batch, conditional=True)
         if isinstance(model, ScoreEnsemble):
             return ensemble_loss(model, batch, key)
         return conditional_loss(model, batch, key)
@@ -205,12 +213,12 @@ def continuous_denoising_score_matching(sigma_min: float, sigma_max: float) -> L
     log_min, log_max = float(np.log(sigma_min)), float(np.log(sigma_max))
 
     def loss_fn(model, batch, key):
+        _check_inputs(model, batch, conditional=True)
         key_s, key_z = jax.random.split(key)
         sigma = jnp.exp(jax.random.uniform(key_s, (batch.shape[0],), batch.dtype, log_min, log_max))
         z = jax.random.normal(key_z, batch.shape, batch.dtype)
         sigma_b = sigma.reshape(-1, *([1] * (batch.ndim - 1)))
         s = jax.vmap(model)(batch + sigma_b * z, sigma)
-        _check_scores("model", s, batch)
         return 0.5 * jnp.mean(_sum_event((sigma_b * s + z) ** 2))
 
     return loss_fn

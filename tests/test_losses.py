@@ -378,12 +378,18 @@ def test_explicit_sm_refuses_a_true_score_of_another_shape(make):
         make(gm)(model, x)
 
 
-def test_losses_refuse_a_model_of_another_shape():
+def test_losses_refuse_a_model_of_another_shape_or_signature_and_integer_data():
     x = jnp.zeros((8, 2))
     with pytest.raises(ValueError, match="`model` must return the shape of one example"):
         sm.losses.denoising_score_matching(1.0)(lambda y: y[:1], x, jax.random.key(0))
     with pytest.raises(ValueError, match="`model` must return the shape of one example"):
         sm.losses.implicit_score_matching()(lambda y: jnp.sum(y), x)
+    unconditional = sm.models.MLP(2, 8, 1, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="`model` failed on ONE example of shape \\(2,\\) with a scalar sigma"):
+        sm.losses.multiscale_denoising_score_matching([2.0, 1.0])(unconditional, x, jax.random.key(0))
+    for loss in (sm.losses.denoising_score_matching(1.0), sm.losses.sliced_score_matching()):
+        with pytest.raises(ValueError, match="`batch`.*must be floating point"):
+            loss(unconditional, jnp.zeros((8, 2), jnp.int32), jax.random.key(0))
 
 
 @pytest.mark.parametrize("make,name", [
