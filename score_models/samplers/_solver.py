@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Float, Array
 
-from .._checks import check_positive, check_positive_int, check_sigmas
+from .._checks import check_positive, check_positive_int, check_sigmas, is_concrete
 
 
 def max_rms_norm(tree) -> Float[Array, ""]:
@@ -47,7 +47,7 @@ def score_evals(solver, num_steps) -> int | None:
     per = evals_per_step(solver)
     if per is None:
         return None
-    return per[0] * int(num_steps) + per[1]
+    return per[0] * (int(num_steps) if is_concrete(num_steps) else num_steps) + per[1]
 
 
 def _step_to(controller, start, end, dtype):
@@ -138,8 +138,8 @@ def check_solve(what: str, result, sigma_reached, x_reached, score_fn, sigma_end
     (towards `sigma_end`), are checked first, and a non-finite value gives a
     `FloatingPointError` naming the noise level. Otherwise a `RuntimeError` names `max_steps`
     (or diffrax's reason)."""
-    if bool(result == diffrax.RESULTS.successful):
-        return
+    if not is_concrete(sigma_reached) or bool(result == diffrax.RESULTS.successful):
+        return  # (under jit the solve's outcome is not known here: nothing to check)
     sigma = float(sigma_reached)
     finite = bool(jnp.all(jnp.isfinite(x_reached)))
     if finite:

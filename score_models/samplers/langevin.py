@@ -25,6 +25,7 @@ from .._checks import (
     check_sigmas,
     check_size,
     check_trajectory_every,
+    is_concrete,
 )
 from ._scan import scan_with_trajectory, tweedie_step
 from .result import SamplerResult, finish, frame_sigmas
@@ -160,7 +161,7 @@ def annealed_langevin(
     throw = check_bool("throw", throw)
     check_score_fn(score_fn, x_init, conditional=True)
     alphas = eps * sigmas**2 / sigmas[-1] ** 2
-    if not np.all(np.isfinite(np.asarray(alphas))):
+    if is_concrete(alphas) and not np.all(np.isfinite(np.asarray(alphas))):
         raise ValueError(
             f"The step sizes `eps * sigma_i^2 / sigma_L^2` overflow {x_init.dtype}: `eps` ({eps}) "
             f"or the range of `sigmas` ({float(sigmas[0])} / {float(sigmas[-1])}) is too large."

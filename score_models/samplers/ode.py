@@ -52,6 +52,7 @@ from .._checks import (
     check_positive_int,
     check_score_fn,
     check_sigma_range,
+    is_concrete,
 )
 from ._scan import tweedie_step
 from ._solver import check_save_sigmas, check_solve, score_evals, setup_solver
@@ -169,7 +170,10 @@ def probability_flow_ode(
 
 
 def _stats(stats) -> dict:
-    return {k: int(stats[k]) for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")}
+    keys = ("num_steps", "num_accepted_steps", "num_rejected_steps")
+    if not is_concrete(stats["num_steps"]):  # under jit
+        return {k: stats[k] for k in keys}
+    return {k: int(stats[k]) for k in keys}
 
 
 # ------------------------------------------------------------------------------------------
@@ -349,8 +353,8 @@ def log_likelihood(
         None if dt0 is None else jnp.asarray(dt0, dtype), max_steps,
     )
     check_solve("log_likelihood", result, reached, x_reached, score_fn, sigma_max, max_steps)
-    bad = int(jnp.sum(~jnp.isfinite(logp)))
-    if bad:
+    bad = jnp.sum(~jnp.isfinite(logp))
+    if is_concrete(bad) and int(bad):
         raise FloatingPointError(
             f"`log_likelihood`: {bad} of {logp.shape[0]} log-densities are NaN or inf (check "
             "`prior_logp` and the score model)."

@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from .._checks import is_concrete
+
 __all__ = ["SamplerResult"]
 
 
@@ -57,8 +59,16 @@ def finish(sampler: str, samples, *, trajectory=None, trajectory_sigmas=None, be
            score_evals: int | None, stats: dict | None = None, throw: bool,
            hint: str) -> SamplerResult:
     """Builds the result, counting the particles that diverged; raises when some did and
-    `throw` is True. `hint` says what to change (e.g. "a smaller `step_size`")."""
-    n_diverged = int(_count_nonfinite(samples))
+    `throw` is True. `hint` says what to change (e.g. "a smaller `step_size`").
+
+    Under `jit` (a traced sampler call) the count stays a traced array and nothing is raised:
+    the caller checks `n_diverged` itself."""
+    count = _count_nonfinite(samples)
+    if not is_concrete(count):
+        return SamplerResult(samples=samples, trajectory=trajectory, trajectory_sigmas=trajectory_sigmas,
+                             samples_before_denoise=before, score_evals=score_evals, n_diverged=count,
+                             stats={} if stats is None else dict(stats))
+    n_diverged = int(count)
     if n_diverged and throw:
         raise FloatingPointError(
             f"`{sampler}`: {n_diverged} of {samples.shape[0]} particles diverged (NaN or inf). "
