@@ -1,4 +1,4 @@
-"""The probability-flow ODE sampler and the exact log-likelihood (`score_models.ode`) against
+"""The probability-flow ODE sampler and the exact log-likelihood (`score_models.samplers.ode`) against
 closed forms: the linear PF-ODE map of Gaussian data, the mode weights of the running example,
 and the analytic log-density of perturbed Gaussian mixtures.
 
