@@ -246,7 +246,8 @@ def check_score_fn(score_fn: Callable, x: jax.Array, *, conditional: bool, name:
     example = jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
     args = (example, jax.ShapeDtypeStruct((), x.dtype)) if conditional else (example,)
     try:
-        out = jax.eval_shape(score_fn, *args)
+        # (a plain function: older JAX hashes `fun`, and hashing a module of tracers fails)
+        out = jax.eval_shape(lambda *a: score_fn(*a), *args)
     except Exception as e:  # report what was passed, then the original error
         raise ValueError(
             f"`{name}` failed on ONE example of shape {x.shape[1:]}"

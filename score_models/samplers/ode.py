@@ -239,7 +239,7 @@ def _log_likelihood_kernel(score_fn, x, sigma_min, sigma_max, prior_logp, probes
 def _check_prior_logp(prior_logp, shape, dtype) -> None:
     check_callable("prior_logp", prior_logp)
     try:
-        out = jax.eval_shape(prior_logp, jax.ShapeDtypeStruct(shape, dtype))
+        out = jax.eval_shape(lambda y: prior_logp(y), jax.ShapeDtypeStruct(shape, dtype))
     except Exception as e:
         raise ValueError(f"`prior_logp` failed on ONE example of shape {shape}: {e}") from e
     if getattr(out, "shape", None) != ():
