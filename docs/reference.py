@@ -115,6 +115,8 @@ def public_methods(cls) -> list[tuple[str, object]]:
             out.append((name, value))
         elif hasattr(value, "__wrapped__") and inspect.isfunction(value.__wrapped__):
             out.append((name, value.__wrapped__))  # equinox wraps methods
+        elif inspect.isfunction(getattr(value, "method", None)):
+            out.append((name, value.method))  # ... as older equinox releases do
     return out
 
 

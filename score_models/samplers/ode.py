@@ -95,7 +95,7 @@ def probability_flow_ode(
     *,
     sigma_max: float,
     sigma_min: float,
-    solver: diffrax.AbstractSolver = diffrax.Tsit5(),
+    solver: diffrax.AbstractSolver | None = None,
     rtol: float | None = None,
     atol: float | None = None,
     save_sigmas: Float[Array, " k"] | None = None,
@@ -118,7 +118,7 @@ def probability_flow_ode(
     - `score_fn`: `(x, sigma) -> score` for ONE example `x` of shape `(*shape)`.
     - `x_init`: `(n, *shape)` particles at `sigma_max`, typically `sigma_max * N(0, I)`.
     - `sigma_max`, `sigma_min`: the noise levels at the start and the end (`sigma_min < sigma_max`).
-    - `solver`: a diffrax ODE solver; default the adaptive `diffrax.Tsit5()`.
+    - `solver`: a diffrax ODE solver; default (None) the adaptive `diffrax.Tsit5()`.
     - `rtol`, `atol`: tolerances of the adaptive step-size controller (per particle); default
       1e-5 each. Refused when they have no use (a `stepsize_controller`, or a solver without an
       error estimate).
@@ -147,6 +147,7 @@ def probability_flow_ode(
     x_init = check_particles("x_init", x_init)
     dtype = x_init.dtype
     check_sigma_range(sigma_max, sigma_min, dtype)
+    solver = diffrax.Tsit5() if solver is None else solver
     controller, dt0, max_steps = setup_solver(solver, stepsize_controller, rtol, atol, dt0,
                                               sigma_max, sigma_min, max_steps, dtype)
     save = None if save_sigmas is None else check_save_sigmas(save_sigmas, sigma_max, sigma_min, dtype)
@@ -290,7 +291,7 @@ def log_likelihood(
     exact_divergence: bool | None = None,
     n_probes: int | None = None,
     probe: Literal["rademacher", "gaussian"] | None = None,
-    solver: diffrax.AbstractSolver = diffrax.Tsit5(),
+    solver: diffrax.AbstractSolver | None = None,
     rtol: float | None = None,
     atol: float | None = None,
     dt0: float | None = None,
@@ -338,6 +339,7 @@ def log_likelihood(
     x = check_particles("x", x)
     dtype = x.dtype
     check_sigma_range(sigma_max, sigma_min, dtype)
+    solver = diffrax.Tsit5() if solver is None else solver
     controller, dt0, max_steps = setup_solver(solver, stepsize_controller, rtol, atol, dt0,
                                               sigma_min, sigma_max, max_steps, dtype)
     d = int(np.prod(x.shape[1:]))
