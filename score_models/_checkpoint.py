@@ -4,8 +4,11 @@ A checkpoint is a magic line, a JSON header and a payload (`eqx.tree_serialise_l
 training state and loss history; never pickle):
 
     score-models fit checkpoint
-    {"format": 1, "run": {...}, "step": 600, "steps": 4000, "payload_sha256": "...", ...}
+    {"format": 1, "run": {...}, "step": 600, "steps": 4000, "payload_bytes": ..., "sha256": "..."}
     <payload bytes>
+
+`sha256` covers the rest of the header and the payload, so no byte of the file can change
+unnoticed (the step counter included).
 
 The header's `run` fingerprints everything the result depends on: the model's structure and
 initial weights, the optimiser's update rule (its traced program, learning rates included), the
@@ -100,6 +103,12 @@ def program_digest(fn, *args) -> str:
     return h.hexdigest()
 
 
+def _checksum(header: dict, payload: bytes) -> str:
+    """sha256 of the header (without its own checksum) and the payload."""
+    rest = {k: v for k, v in header.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True).encode() + b"\n" + payload).hexdigest()
+
+
 def _describe_path(path: Path) -> str:
     return f"`checkpoint` {path}"
 
@@ -137,8 +146,7 @@ class Checkpoint:
             if not isinstance(header, dict):
                 raise TypeError("the header is not a JSON object")
             payload = raw[end + 1:]
-            ok = (len(payload) == header["payload_bytes"]
-                  and hashlib.sha256(payload).hexdigest() == header["payload_sha256"])
+            ok = len(payload) == header["payload_bytes"] and _checksum(header, payload) == header["sha256"]
         except (ValueError, KeyError, TypeError) as e:
             raise CheckpointError(f"{_describe_path(self.path)} has a damaged header ({e}). {self._start_over()}") from e
         if not ok:
@@ -193,11 +201,11 @@ class Checkpoint:
             "step": int(step),
             "steps": self.run.get("steps"),
             "payload_bytes": len(payload),
-            "payload_sha256": hashlib.sha256(payload).hexdigest(),
             "library_version": __version__,
             "jax_version": jax.__version__,
             "saved": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
+        header["sha256"] = _checksum(header, payload)
         atomic_write(self.path, MAGIC + json.dumps(header, sort_keys=True).encode() + b"\n" + payload)
 
     def remove(self) -> None:

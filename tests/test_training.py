@@ -206,7 +206,7 @@ def test_resuming_on_other_data_is_refused(tmp_path, monkeypatch, gaussian_data)
     assert not ckpt.exists()
 
 
-@pytest.mark.parametrize("damage", ["flip_weight", "truncate", "empty", "garbage_header"])
+@pytest.mark.parametrize("damage", ["flip_weight", "truncate", "empty", "garbage_header", "step_counter"])
 def test_damaged_checkpoint_is_refused(tmp_path, monkeypatch, gaussian_data, damage):
     ckpt, run = interrupted_checkpoint(tmp_path, monkeypatch, gaussian_data)
     raw = bytearray(ckpt.read_bytes())
@@ -216,6 +216,9 @@ def test_damaged_checkpoint_is_refused(tmp_path, monkeypatch, gaussian_data, dam
         raw = raw[: len(raw) - 100]
     elif damage == "empty":
         raw = bytearray()
+    elif damage == "step_counter":  # a valid header that says another step
+        raw = bytearray(bytes(raw).replace(b'"step": 3,', b'"step": 9,', 1))
+        assert b'"step": 9,' in raw
     else:
         raw[30:40] = b"x" * 10
     ckpt.write_bytes(bytes(raw))
