@@ -132,6 +132,13 @@ def _check_devices(devices, per_step: int) -> list:
     return list(devices)
 
 
+def _check_key(key) -> None:
+    typed = isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    raw = isinstance(key, (jax.Array, np.ndarray)) and key.dtype == np.uint32 and key.shape == (2,)
+    if not ((typed and key.shape == ()) or raw):
+        raise ValueError(f"`key` must be one JAX PRNG key, such as jax.random.key(0); got {key!r}.")
+
+
 def _check_options(model, loss_fn, optimizer, batch_size, ema_decay) -> None:
     if not jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array)):
         raise ValueError(f"`model` must hold floating-point arrays to train (an equinox module); "
@@ -198,15 +205,26 @@ def _loss_buffer(steps: int) -> np.ndarray:
 
 
 def _call_chunk(step: _Step, carry, data, key, first: int, count: int, capacity: int, batch_shape) -> tuple:
-    """One compiled chunk; an error while tracing the loss becomes a ValueError that says how
-    the loss was called (tracing happens on a call's first chunk, before any compilation)."""
+    """One compiled chunk. An error while tracing (on a call's first chunk, before anything is
+    compiled) becomes a ValueError naming `loss_fn` or `optimizer`, whichever failed."""
     try:
         return _train_chunk(step, carry, data, key, jnp.asarray(first), jnp.asarray(count), capacity)
     except (TypeError, ValueError) as e:
-        raise ValueError(
-            f"`loss_fn` failed when called as loss_fn(model, batch, key) on a batch of `data` with "
-            f"shapes {batch_shape}; it must return a scalar: {type(e).__name__}: {e}"
-        ) from e
+        params = carry[0]
+        try:
+            out = jax.eval_shape(step.loss, params, batch_shape, key)
+        except (TypeError, ValueError) as loss_error:
+            raise ValueError(
+                f"`loss_fn` failed when called as loss_fn(model, batch, key) on a batch of `data` with shapes "
+                f"{_shapes(batch_shape)}: {type(loss_error).__name__}: {loss_error}"
+            ) from e
+        if out.shape != () or not jnp.issubdtype(out.dtype, jnp.floating):
+            raise ValueError(f"`loss_fn` must return a float scalar; it returned {out.dtype}{list(out.shape)}.") from e
+        raise ValueError(f"`optimizer`.update failed on this model's gradients: {type(e).__name__}: {e}") from e
+
+
+def _shapes(tree) -> str:
+    return str(jax.tree.map(lambda s: f"{s.dtype}{list(s.shape)}", tree))
 
 
 def _raise_non_finite(losses: np.ndarray, start: int, length: int, steps: int) -> None:
@@ -321,6 +339,7 @@ def fit(
     """
     steps = check_positive_int("steps", steps)
     _check_options(model, loss_fn, optimizer, batch_size, ema_decay)
+    _check_key(key)
     n = _check_data(data)
     chunks = _Chunks(None if chunk_size is None else check_positive_int("chunk_size", chunk_size))
     devices = _check_devices(devices, n if batch_size is None else batch_size)

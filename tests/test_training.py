@@ -285,6 +285,9 @@ def test_fit_compiles_once_for_the_same_structure_loss_optimizer_and_batch(gauss
     ({"loss_fn": lambda m, b: jnp.sum(m.w)}, "loss_fn"),  # two arguments instead of three
     ({"loss_fn": lambda m, b, k: m.w * jnp.mean(b)}, "loss_fn"),  # a vector, not a scalar
     ({"data": jnp.zeros((4, 1), jnp.complex64)}, "data"),
+    ({"key": 0}, "key"),
+    ({"key": jax.random.split(jax.random.key(0), 2)}, "key"),
+    ({"optimizer": optax.GradientTransformation(lambda p: (), lambda g, s, p: None)}, "optimizer"),
 ])
 def test_bad_input_names_the_argument(kwargs, name):
     args = {"model": Linear([1.0]), "loss_fn": linear_loss, "data": jnp.zeros((4, 1)),
