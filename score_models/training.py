@@ -264,6 +264,24 @@ def _run(step: _Step, carry, data, key, losses: np.ndarray, start: int, chunks: 
     return carry
 
 
+def _replicated(devices: list) -> NamedSharding:
+    return NamedSharding(Mesh(np.asarray(devices), ("data",)), PartitionSpec())
+
+
+def _setup(model, loss_fn, data, optimizer, batch_size, ema_decay, devices) -> tuple:
+    """The step, the initial carry `(params, opt_state, ema)`, the data on the devices and the
+    shapes of one batch."""
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    mesh = Mesh(np.asarray(devices), ("data",))
+    sharding = NamedSharding(mesh, PartitionSpec("data")) if len(devices) > 1 else None
+    step = _Step(static, loss_fn, optimizer, batch_size, ema_decay, sharding)
+    data = jax.device_put(jax.tree.map(jnp.asarray, data), _replicated(devices))
+    n = jax.tree.leaves(data)[0].shape[0]
+    batch_shape = jax.tree.map(lambda a: jax.ShapeDtypeStruct((batch_size or n, *a.shape[1:]), a.dtype), data)
+    carry = (params, optimizer.init(params), params if ema_decay is not None else None)
+    return step, carry, data, batch_shape
+
+
 def _run_fingerprint(step: _Step, params, opt_state, data, key, steps: int, batch_shape) -> dict:
     """What identifies a run, for its checkpoint (see `_checkpoint`)."""
     batch = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype), batch_shape)
@@ -345,24 +363,16 @@ def fit(
     devices = _check_devices(devices, n if batch_size is None else batch_size)
     losses = _loss_buffer(steps)
 
-    mesh = Mesh(np.asarray(devices), ("data",))
-    replicated = NamedSharding(mesh, PartitionSpec())
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-    step = _Step(static, loss_fn, optimizer, batch_size, ema_decay,
-                 NamedSharding(mesh, PartitionSpec("data")) if len(devices) > 1 else None)
-    opt_state = optimizer.init(params)
-    data = jax.device_put(jax.tree.map(jnp.asarray, data), replicated)
-    batch_shape = jax.tree.map(lambda a: jax.ShapeDtypeStruct((batch_size or n, *a.shape[1:]), a.dtype), data)
-    carry = (params, opt_state, params if ema_decay is not None else None)
-
+    step, carry, data, batch_shape = _setup(model, loss_fn, data, optimizer, batch_size, ema_decay, devices)
     start, saved = 0, None
     if checkpoint is not None:
-        saved = Checkpoint(checkpoint)
+        saved = Checkpoint(checkpoint)  # checks the path before anything is traced
+        params, opt_state, _ = carry
         resumed = saved.load((carry, losses), _run_fingerprint(step, params, opt_state, data, key, steps, batch_shape))
         if resumed is not None:
             (carry, losses), start = resumed
             losses = np.array(losses)
-    carry = jax.device_put(carry, replicated)
+    carry = jax.device_put(carry, _replicated(devices))
 
     t0 = time.perf_counter()
     carry = _run(step, carry, data, key, losses, start, chunks, progress=progress, checkpoint=saved,
@@ -372,7 +382,7 @@ def fit(
         saved.remove()
 
     params, _, ema = carry
-    trained = eqx.combine(ema if ema is not None else params, static)
+    trained = eqx.combine(ema if ema is not None else params, step.static)
     history = {"loss": losses, "seconds": seconds, "steps_per_second": (steps - start) / seconds,
                "resumed_from_step": start}
     return trained, history
