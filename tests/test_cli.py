@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -191,3 +192,33 @@ def test_sample_checks_its_arguments_before_any_work(unet_registry, tmp_path, ca
     monkeypatch.setattr(zoo, "check", lambda name: looked.append(name))
     rc, _, err = run(capsys, "sample", "mnist", *[a.format(tmp=tmp_path) for a in argv])
     assert rc == 2 and message.format(tmp=tmp_path) in err and looked == []
+
+
+def test_recipe_configs_are_read_only():
+    """A registered config cannot be changed, neither through the registry nor through a dict
+    the recipe module shares between recipes; `thaw` gives a mutable copy."""
+    shared = {"width": 8}
+    config = {"model": {"type": "MLP", "dim": 2, "depth": 1, "size": shared}, "sigmas": [3.0, 1.0]}
+    r = zoo.Recipe("toy", 1, "t", config, toy_build)
+    shared["width"] = 99
+    config["seed"] = 1
+    assert r.config == {"model": {"type": "MLP", "dim": 2, "depth": 1, "size": {"width": 8}}, "sigmas": (3.0, 1.0)}
+    for mutate in (lambda c: c.__setitem__("seed", 2), lambda c: c["model"].update(width=3),
+                   lambda c: c.pop("model"), lambda c: c["model"].__delitem__("dim"), lambda c: c.setdefault("a", 1)):
+        with pytest.raises(TypeError, match="read-only"):
+            mutate(r.config)
+    with pytest.raises(AttributeError):
+        r.config = {}
+    copy = zoo.thaw(r.config)
+    copy["model"]["size"]["width"] = 16
+    assert copy["sigmas"] == [3.0, 1.0] and r.config["model"]["size"]["width"] == 8
+    assert sm.artifacts._canonical(r.config) == sm.artifacts._canonical(zoo.thaw(r.config))
+
+
+def test_the_real_recipes_are_frozen_and_still_match_their_artifacts():
+    for name in zoo.names():
+        with pytest.raises(TypeError):
+            zoo.get(name).config["seed"] = 123
+    # The frozen configs still match the committed sidecars (tuples compare as JSON lists).
+    committed = Path(__file__).resolve().parent.parent / "artifacts"
+    assert sm.artifacts.status("noise_conditional_1d", zoo.get("noise_conditional_1d").config, directory=committed) == "ok"
