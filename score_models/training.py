@@ -243,11 +243,19 @@ def _raise_non_finite(losses: np.ndarray, start: int, length: int, steps: int) -
     )
 
 
+def _restart_clock(bar: tqdm, done: int) -> None:
+    """Starts the bar's rate and time estimate after the first chunk, which includes compiling."""
+    bar.reset(total=bar.total)
+    bar.initial = bar.n = bar.last_print_n = done
+    bar.set_description("fit")
+
+
 def _run(step: _Step, carry, data, key, losses: np.ndarray, start: int, chunks: _Chunks, *,
          progress: bool, checkpoint: Checkpoint | None, batch_shape) -> tuple:
     """Trains from step `start` to the end, filling `losses`; returns the final carry."""
     steps, done = losses.size, start
-    with tqdm(total=steps, initial=start, disable=not progress, desc="fit", unit="step", leave=False) as bar:
+    with tqdm(total=steps, initial=start, disable=not progress, desc="fit (compiling)", unit="step",
+              leave=False) as bar:
         while done < steps:
             length, t0 = chunks.next(steps - done), time.perf_counter()
             carry, chunk_losses, finite = _call_chunk(step, carry, data, key, done, length, chunks.capacity,
@@ -257,7 +265,10 @@ def _run(step: _Step, carry, data, key, losses: np.ndarray, start: int, chunks: 
             if not (bool(finite) and np.all(np.isfinite(losses[done:done + length]))):
                 _raise_non_finite(losses, done, length, steps)
             done += length
-            bar.update(length)
+            if chunks.calls == 1:
+                _restart_clock(bar, done)
+            else:
+                bar.update(length)
             bar.set_postfix(loss=f"{float(losses[done - length:done].mean()):.4g}")
             if checkpoint is not None and done < steps and chunks.save_now():
                 checkpoint.save((carry, losses), done)
