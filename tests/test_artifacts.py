@@ -390,3 +390,17 @@ def test_environment_variables(tmp_path, monkeypatch):
         with pytest.raises(ArtifactError, match=f"{variable} is set but empty"):
             call()
         monkeypatch.delenv(variable)
+
+
+def test_machine_facts_on_a_platform_without_unix_calls(artifact_dir, monkeypatch):
+    """Windows has no os.getloadavg or os.sysconf: the machine facts are None there, and saving
+    an artifact (which records the hardware) still works."""
+    from score_models import _system
+
+    assert isinstance(_system.load_average(), float) and _system.total_memory_bytes() > 0
+    monkeypatch.delattr(os, "getloadavg")
+    monkeypatch.delattr(os, "sysconf")
+    assert _system.load_average() is None and _system.total_memory_bytes() is None
+    _system.check_fits_in_memory("n", 10**15, "anything")  # cannot tell: not refused
+    artifacts.save("toy", make_model(1), CONFIG)
+    assert artifacts.info("toy")["hardware"]["cpu_count"] == os.cpu_count()

@@ -166,7 +166,7 @@ def unet_registry(artifact_dir, monkeypatch):
 
 
 @pytest.mark.parametrize("mode", ["use", "require", "rebuild", "garbage", None])
-def test_sample_never_trains(unet_registry, artifact_dir, tmp_path, monkeypatch, capsys, mode):
+def test_sample_never_trains_a_missing_model(unet_registry, artifact_dir, tmp_path, monkeypatch, capsys, mode):
     if mode is None:
         monkeypatch.delenv("SCORE_MODELS_ARTIFACTS")
     else:
@@ -174,6 +174,25 @@ def test_sample_never_trains(unet_registry, artifact_dir, tmp_path, monkeypatch,
     rc, _, err = run(capsys, "sample", "mnist", "--n", "2", "--out", str(tmp_path / "x.npy"))
     assert rc == 2 and "mnist_unet is missing" in err and "score-models artifacts build mnist_unet" in err
     assert unet_registry == [] and not (artifact_dir / "mnist_unet.eqx").exists()
+
+
+@pytest.mark.parametrize("mode", ["use", "require", "rebuild", "garbage", None])
+def test_sample_uses_the_cached_model_in_every_mode(unet_registry, artifact_dir, tmp_path, monkeypatch, capsys, mode):
+    """With the artifact present, `sample` loads it and never retrains it (not even under
+    SCORE_MODELS_ARTIFACTS=rebuild)."""
+    from score_models import mnist
+
+    config = zoo.get("mnist_unet").config
+    sm.artifacts.save("mnist_unet", sm.models.from_config(config["model"], jax.random.key(0)), config)
+    sampled = []
+    monkeypatch.setattr(mnist, "sample", lambda model, key, n, sampler: sampled.append(n) or jax.numpy.zeros((n, 1, 28, 28)))
+    if mode is None:
+        monkeypatch.delenv("SCORE_MODELS_ARTIFACTS")
+    else:
+        monkeypatch.setenv("SCORE_MODELS_ARTIFACTS", mode)
+    rc, out, err = run(capsys, "sample", "mnist", "--n", "3", "--out", str(tmp_path / "x.npy"))
+    assert rc == 0, err
+    assert unet_registry == [] and sampled == [3] and np.load(tmp_path / "x.npy").shape == (3, 28, 28)
 
 
 @pytest.mark.parametrize("argv,message", [
