@@ -7,11 +7,9 @@ and every later `fit` call with the same ones (any `steps`, `key` or initial wei
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import time
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import equinox as eqx

@@ -23,7 +23,6 @@ import equinox as eqx
 import jax
 import numpy as np
 import optax
-import pytest
 
 import score_models as sm
 from score_models import artifacts
