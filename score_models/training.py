@@ -78,7 +78,7 @@ def _train_chunk(step: _Step, carry: tuple, data: PyTree, key: PRNGKeyArray, fir
     """Steps `first, ..., first + count - 1` (`count <= capacity`, both traced) in one compiled
     loop. Step `t`'s key is `fold_in(key, t)`, so the result does not depend on the chunking.
     Returns the new carry, the `(capacity,)` losses (NaN past `count`) and whether the weights
-    (and their average) are all finite."""
+    (and their average) and the loss after the last update are all finite."""
 
     def body(i, state):
         carry, losses = state
@@ -88,7 +88,11 @@ def _train_chunk(step: _Step, carry: tuple, data: PyTree, key: PRNGKeyArray, fir
     losses = jnp.full(capacity, jnp.nan, jnp.float32)
     carry, losses = jax.lax.fori_loop(0, count, body, (carry, losses))
     params, _, ema = carry
-    return carry, losses, _all_finite((params, ema))
+    # Each step's loss is computed before its update: the loss after the chunk's last update
+    # (on the next step's batch) catches a final update that blew the model up.
+    key_batch, key_loss = jax.random.split(jax.random.fold_in(key, first + count))
+    after = step.loss(params, step.batch(data, key_batch), key_loss)
+    return carry, losses, _all_finite((params, ema)) & jnp.isfinite(after)
 
 
 # --------------------------------------------------------------------------- argument checks
@@ -236,8 +240,9 @@ def _raise_non_finite(losses: np.ndarray, start: int, length: int, steps: int) -
             f"was {last}. Try a smaller learning rate or check the data and loss."
         )
     raise FloatingPointError(
-        f"The weights became NaN or infinite during steps {start}..{start + length - 1} of {steps}, "
-        f"although every loss was finite. Try a smaller learning rate or check the optimiser."
+        f"The weights, or the loss after the last update, became NaN or infinite during steps "
+        f"{start}..{start + length - 1} of {steps}, although every loss before an update was finite. "
+        f"Try a smaller learning rate or check the optimiser."
     )
 
 
