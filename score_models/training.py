@@ -74,11 +74,11 @@ def _all_finite(tree: PyTree) -> jax.Array:
 
 @eqx.filter_jit
 def _train_chunk(step: _Step, carry: tuple, data: PyTree, key: PRNGKeyArray, first: jax.Array,
-                 count: jax.Array, capacity: int) -> tuple[tuple, jax.Array, jax.Array]:
+                 count: jax.Array, capacity: int) -> tuple[tuple, jax.Array, jax.Array, jax.Array]:
     """Steps `first, ..., first + count - 1` (`count <= capacity`, both traced) in one compiled
     loop. Step `t`'s key is `fold_in(key, t)`, so the result does not depend on the chunking.
-    Returns the new carry, the `(capacity,)` losses (NaN past `count`) and whether the weights
-    (and their average) and the loss after the last update are all finite."""
+    Returns the new carry, the `(capacity,)` losses (NaN past `count`), whether the weights (and
+    their average) are all finite, and the loss after the last update."""
 
     def body(i, state):
         carry, losses = state
@@ -92,7 +92,7 @@ def _train_chunk(step: _Step, carry: tuple, data: PyTree, key: PRNGKeyArray, fir
     # (on the next step's batch) catches a final update that blew the model up.
     key_batch, key_loss = jax.random.split(jax.random.fold_in(key, first + count))
     after = step.loss(params, step.batch(data, key_batch), key_loss)
-    return carry, losses, _all_finite((params, ema)) & jnp.isfinite(after)
+    return carry, losses, _all_finite((params, ema)), after
 
 
 # --------------------------------------------------------------------------- argument checks
@@ -229,8 +229,10 @@ def _shapes(tree) -> str:
     return str(jax.tree.map(lambda s: f"{s.dtype}{list(s.shape)}", tree))
 
 
-def _raise_non_finite(losses: np.ndarray, start: int, length: int, steps: int) -> None:
-    chunk = losses[start:start + length]
+def _check_finite(losses: np.ndarray, start: int, length: int, weights_finite: bool, after: float) -> None:
+    """Raises FloatingPointError naming the step when a chunk's losses, its weights or the loss
+    after its last update are NaN or infinite."""
+    steps, chunk, end = losses.size, losses[start:start + length], start + length - 1
     bad = ~np.isfinite(chunk)
     if bad.any():
         first = start + int(np.argmax(bad))
@@ -239,11 +241,16 @@ def _raise_non_finite(losses: np.ndarray, start: int, length: int, steps: int) -
             f"The loss became {chunk[np.argmax(bad)]} at step {first} of {steps}; the last finite loss "
             f"was {last}. Try a smaller learning rate or check the data and loss."
         )
-    raise FloatingPointError(
-        f"The weights, or the loss after the last update, became NaN or infinite during steps "
-        f"{start}..{start + length - 1} of {steps}, although every loss before an update was finite. "
-        f"Try a smaller learning rate or check the optimiser."
-    )
+    if not weights_finite:
+        raise FloatingPointError(
+            f"The weights became NaN or infinite during steps {start}..{end} of {steps}, although every "
+            f"loss was finite. Try a smaller learning rate or check the optimiser."
+        )
+    if not np.isfinite(after):
+        raise FloatingPointError(
+            f"The loss became {after} after the update of step {end} of {steps} (the last loss before it "
+            f"was {losses[end]:.6g}). Try a smaller learning rate or check the optimiser."
+        )
 
 
 def _restart_clock(bar: tqdm, done: int) -> None:
@@ -261,12 +268,11 @@ def _run(step: _Step, carry, data, key, losses: np.ndarray, start: int, chunks: 
               leave=False) as bar:
         while done < steps:
             length, t0 = chunks.next(steps - done), time.perf_counter()
-            carry, chunk_losses, finite = _call_chunk(step, carry, data, key, done, length, chunks.capacity,
-                                                      batch_shape)
+            carry, chunk_losses, finite, after = _call_chunk(step, carry, data, key, done, length,
+                                                             chunks.capacity, batch_shape)
             losses[done:done + length] = np.asarray(chunk_losses)[:length]
             chunks.record(length, time.perf_counter() - t0)
-            if not (bool(finite) and np.all(np.isfinite(losses[done:done + length]))):
-                _raise_non_finite(losses, done, length, steps)
+            _check_finite(losses, done, length, bool(finite), float(after))
             done += length
             if chunks.calls == 1:
                 _restart_clock(bar, done)
