@@ -56,15 +56,19 @@ class _Step(eqx.Module):
             batch = jax.lax.with_sharding_constraint(batch, self.batch_sharding)
         return batch
 
-    def __call__(self, data: PyTree, carry: tuple, step_key: PRNGKeyArray) -> tuple[tuple, jax.Array]:
-        params, opt_state, ema = carry
+    def loss_and_grads(self, data: PyTree, params: PyTree, step_key: PRNGKeyArray) -> tuple[jax.Array, PyTree]:
+        """The loss of step `step_key`'s batch and its gradient with respect to `params`."""
         key_batch, key_loss = jax.random.split(step_key)
-        loss, grads = jax.value_and_grad(self.loss)(params, self.batch(data, key_batch), key_loss)
+        return jax.value_and_grad(self.loss)(params, self.batch(data, key_batch), key_loss)
+
+    def update(self, carry: tuple, grads: PyTree) -> tuple:
+        """`(params, opt_state, ema)` after one optimiser update with `grads`."""
+        params, opt_state, ema = carry
         updates, opt_state = self.optimizer.update(grads, opt_state, params)
         params = eqx.apply_updates(params, updates)
         if ema is not None:  # e <- decay * e + (1 - decay) * params
             ema = optax.incremental_update(params, ema, 1.0 - self.ema_decay)
-        return (params, opt_state, ema), loss
+        return params, opt_state, ema
 
 
 def _all_finite(tree: PyTree) -> jax.Array:
@@ -74,25 +78,26 @@ def _all_finite(tree: PyTree) -> jax.Array:
 
 @eqx.filter_jit
 def _train_chunk(step: _Step, carry: tuple, data: PyTree, key: PRNGKeyArray, first: jax.Array,
-                 count: jax.Array, capacity: int) -> tuple[tuple, jax.Array, jax.Array, jax.Array]:
+                 count: jax.Array, capacity: int) -> tuple[tuple, jax.Array, jax.Array]:
     """Steps `first, ..., first + count - 1` (`count <= capacity`, both traced) in one compiled
     loop. Step `t`'s key is `fold_in(key, t)`, so the result does not depend on the chunking.
-    Returns the new carry, the `(capacity,)` losses (NaN past `count`), whether the weights (and
-    their average) are all finite, and the loss after the last update."""
+
+    Each step's loss is computed before its update, so the loop runs once more without updating:
+    its loss, on the next step's batch, is the loss after the chunk's last update (and catches
+    a last update that blew the model up). Returns the new carry, the `(capacity + 1,)` losses
+    (entry `count` is that last loss, NaN after it) and whether the weights (and their average)
+    are all finite."""
 
     def body(i, state):
         carry, losses = state
-        carry, loss = step(data, carry, jax.random.fold_in(key, first + i))
+        loss, grads = step.loss_and_grads(data, carry[0], jax.random.fold_in(key, first + i))
+        carry = jax.lax.cond(i < count, step.update, lambda carry, grads: carry, carry, grads)
         return carry, losses.at[i].set(loss)
 
-    losses = jnp.full(capacity, jnp.nan, jnp.float32)
-    carry, losses = jax.lax.fori_loop(0, count, body, (carry, losses))
+    losses = jnp.full(capacity + 1, jnp.nan, jnp.float32)
+    carry, losses = jax.lax.fori_loop(0, count + 1, body, (carry, losses))
     params, _, ema = carry
-    # Each step's loss is computed before its update: the loss after the chunk's last update
-    # (on the next step's batch) catches a final update that blew the model up.
-    key_batch, key_loss = jax.random.split(jax.random.fold_in(key, first + count))
-    after = step.loss(params, step.batch(data, key_batch), key_loss)
-    return carry, losses, _all_finite((params, ema)), after
+    return carry, losses, _all_finite((params, ema))
 
 
 # --------------------------------------------------------------------------- argument checks
@@ -268,9 +273,10 @@ def _run(step: _Step, carry, data, key, losses: np.ndarray, start: int, chunks: 
               leave=False) as bar:
         while done < steps:
             length, t0 = chunks.next(steps - done), time.perf_counter()
-            carry, chunk_losses, finite, after = _call_chunk(step, carry, data, key, done, length,
-                                                             chunks.capacity, batch_shape)
-            losses[done:done + length] = np.asarray(chunk_losses)[:length]
+            carry, chunk_losses, finite = _call_chunk(step, carry, data, key, done, length, chunks.capacity,
+                                                      batch_shape)
+            chunk_losses = np.asarray(chunk_losses)
+            losses[done:done + length], after = chunk_losses[:length], chunk_losses[length]
             chunks.record(length, time.perf_counter() - t0)
             _check_finite(losses, done, length, bool(finite), float(after))
             done += length
