@@ -67,10 +67,18 @@ docstrings, so it always matches the code; in a notebook, `help(sm.fit)` shows t
 ## Environment variables {#sec-reference-env}
 
 `SCORE_MODELS_ARTIFACTS`
-: `use` (default), `require` or `rebuild`; see the artifacts appendix.
+: `use`, `require` or `rebuild`; see the artifacts appendix. Unset: `use` when the library runs
+  from a checkout of the book's repository, `require` otherwise (an installed copy never trains
+  a model implicitly).
 
 `SCORE_MODELS_ARTIFACT_DIR`
-: where artifacts are stored (default: `artifacts/` in the repository).
+: where artifacts are stored (default: `artifacts/` of the checkout the library runs from;
+  for an installed copy, `artifacts/` in the user cache). Point it at a checkout's `artifacts/`
+  to use the book's trained models from an installed copy.
+
+`SCORE_MODELS_CACHE`
+: the user cache (default: `~/.cache/score_models`): the installed copy's artifacts and the
+  training checkpoints of long recipes.
 
 `SCORE_MODELS_DATA`
 : where datasets are cached (default: `~/.cache/score_models/`). MNIST is read from
