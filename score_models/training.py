@@ -19,7 +19,11 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import PRNGKeyArray, PyTree
-from tqdm.auto import tqdm
+try:  # a widget bar in notebooks where ipywidgets is installed, a text bar everywhere else
+    import ipywidgets  # noqa: F401  (tqdm.auto warns "IProgress not found" without it)
+    from tqdm.auto import tqdm
+except ImportError:
+    from tqdm.std import tqdm
 
 from ._checkpoint import Checkpoint, array_digest, program_digest, structure_digest
 from ._checks import check_positive_int
