@@ -205,10 +205,10 @@ def sample(model, key: PRNGKeyArray, n: int, *, sampler: str = "annealed", sigma
 
     n_chunks = -(-n // chunk)
     runs = [one_chunk(jax.random.fold_in(key, i) if n_chunks > 1 else key) for i in range(n_chunks)]
+    x = jnp.concatenate([r.samples for r in runs])[:n]
     if trajectory_every is not None and sampler == "annealed":
-        x = jnp.concatenate([r[0] for r in runs])[:n]
-        return x, jnp.concatenate([r[1] for r in runs], axis=1)[:, :n]
-    return jnp.concatenate(runs)[:n]
+        return x, jnp.concatenate([r.trajectory for r in runs], axis=1)[:, :n]
+    return x
 
 
 def image_grid(images, ncol: int = 16, pad: int = 1) -> np.ndarray:
