@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -53,15 +54,39 @@ def notebooks() -> dict[int, Path]:
     return {int(p.name[:2]): p for p in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))}
 
 
+def missing_figures(path: Path) -> list[int]:
+    """Indices of the figure cells (`#| label: fig-*`, not `include: false`) of an executed
+    notebook that have no image or HTML (animation) output."""
+    import nbformat
+
+    missing = []
+    for i, cell in enumerate(nbformat.read(str(path), as_version=4).cells):
+        src = cell.source if cell.cell_type == "code" else ""
+        if "#| label: fig-" in src and "#| include: false" not in src and not any(
+            "image/png" in o.get("data", {}) or "text/html" in o.get("data", {})
+            for o in cell.get("outputs", [])
+        ):
+            missing.append(i)
+    return missing
+
+
 def run_chapter(path: Path, env: dict, inplace: bool = False) -> dict:
-    """Executes the notebook with the cached models (`SCORE_MODELS_ARTIFACTS=require`): a copy,
-    or with `inplace` the notebook itself (its outputs are replaced, as when refreshing it)."""
+    """Executes the notebook with the cached models (`SCORE_MODELS_ARTIFACTS=require`) and
+    matplotlib's inline backend, so that figures are kept. With `inplace` the executed copy
+    replaces the notebook (its outputs refreshed), but only if every figure cell has an image."""
+    env = {k: v for k, v in env.items() if k != "MPLBACKEND"}  # Agg would drop every figure
     with tempfile.TemporaryDirectory() as tmp:
-        out = path if inplace else Path(tmp) / path.name
+        out = Path(tmp) / path.name
         cmd = [sys.executable, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
                "--ExecutePreprocessor.timeout=1800", f"--ExecutePreprocessor.cwd={path.parent}",
                "--output", str(out), str(path)]
         wall, cpu = _timed(cmd, {**env, "SCORE_MODELS_ARTIFACTS": "require"})
+        missing = missing_figures(out)
+        if missing:
+            raise RuntimeError(f"{path.name}: figure cells {missing} produced no image; "
+                               "the notebook was not replaced")
+        if inplace:
+            shutil.copyfile(out, path)
     return {"run_seconds": wall, "run_cpu_seconds": cpu}
 
 
@@ -135,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import jax
 
-    env = {**os.environ, "MPLBACKEND": "Agg"}
+    env = dict(os.environ)
     env.setdefault("SCORE_MODELS_DATA", str(ROOT.parent / "shared" / "data"))
     previous = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"chapters": {}}
     results = {

@@ -28,10 +28,13 @@ MODULES = [
     ("score_models.models", "Models", "Equinox score networks and configs."),
     ("score_models.losses", "Losses", "Score-matching objectives `loss_fn(model, batch, key)`."),
     ("score_models.training", "Training", "The scan-fused training loop."),
-    ("score_models.sampling", "Langevin samplers", "Langevin and annealed Langevin dynamics."),
-    ("score_models.sde", "SDE samplers", "The variance-exploding SDE and its reverse-time samplers."),
-    ("score_models.ode", "Probability-flow ODE", "Deterministic sampling and exact log-likelihoods."),
-    ("score_models.metrics", "Metrics", "Sample distances, noise floors, score errors."),
+    ("score_models.samplers", "Samplers",
+     "Langevin, annealed Langevin, reverse SDE, predictor-corrector and probability-flow ODE, each "
+     "returning a `SamplerResult`; Tweedie's denoising step; exact log-likelihoods."),
+    ("score_models.sde", "SDE", "The variance-exploding SDE and its forward noising process."),
+    ("score_models.metrics", "Metrics",
+     "Sample distances, the energy test (an unbiased distance with its uncertainty), noise floors, "
+     "score errors."),
     ("score_models.mnist", "MNIST quality", "Classifier-based sample quality for MNIST."),
     ("score_models.artifacts", "Artifacts", "Saving, loading and caching trained models."),
     ("score_models.zoo", "Model zoo", "The recipes of every cached model."),
@@ -64,10 +67,18 @@ docstrings, so it always matches the code; in a notebook, `help(sm.fit)` shows t
 ## Environment variables {#sec-reference-env}
 
 `SCORE_MODELS_ARTIFACTS`
-: `use` (default), `require` or `rebuild`; see the artifacts appendix.
+: `use`, `require` or `rebuild`; see the artifacts appendix. Unset: `use` when the library runs
+  from a checkout of the book's repository, `require` otherwise (an installed copy never trains
+  a model implicitly).
 
 `SCORE_MODELS_ARTIFACT_DIR`
-: where artifacts are stored (default: `artifacts/` in the repository).
+: where artifacts are stored (default: `artifacts/` of the checkout the library runs from;
+  for an installed copy, `artifacts/` in the user cache). Point it at a checkout's `artifacts/`
+  to use the book's trained models from an installed copy.
+
+`SCORE_MODELS_CACHE`
+: the user cache (default: `~/.cache/score_models`): the installed copy's artifacts and the
+  training checkpoints of long recipes.
 
 `SCORE_MODELS_DATA`
 : where datasets are cached (default: `~/.cache/score_models/`). MNIST is read from
@@ -112,6 +123,8 @@ def public_methods(cls) -> list[tuple[str, object]]:
             out.append((name, value))
         elif hasattr(value, "__wrapped__") and inspect.isfunction(value.__wrapped__):
             out.append((name, value.__wrapped__))  # equinox wraps methods
+        elif inspect.isfunction(getattr(value, "method", None)):
+            out.append((name, value.method))  # ... as older equinox releases do
     return out
 
 

@@ -4,16 +4,27 @@ kernels."""
 
 __version__ = "0.1.0"
 
-from . import artifacts, data, losses, metrics, models, plotting, zoo
+from . import artifacts, data, losses, metrics, models, plotting, samplers, zoo
 from .distributions import GaussianMixture
 from .noise import geometric_sigmas
-from .ode import log_likelihood, probability_flow_ode
-from .sampling import annealed_langevin, langevin
-from .sde import VESDE, predictor_corrector, reverse_sde
+from .samplers import (
+    LikelihoodResult,
+    SamplerResult,
+    annealed_langevin,
+    langevin,
+    log_likelihood,
+    predictor_corrector,
+    probability_flow_ode,
+    reverse_sde,
+    tweedie_denoise,
+)
+from .sde import VESDE
 from .training import fit
 
 __all__ = [
     "GaussianMixture",
+    "LikelihoodResult",
+    "SamplerResult",
     "VESDE",
     "annealed_langevin",
     "artifacts",
@@ -29,5 +40,7 @@ __all__ = [
     "predictor_corrector",
     "probability_flow_ode",
     "reverse_sde",
+    "samplers",
+    "tweedie_denoise",
     "zoo",
 ]

@@ -2,9 +2,12 @@
 
     score-models artifacts list                    # every cached model and its state
     score-models artifacts build [NAME ...]        # retrain (all, or the named ones)
-    score-models artifacts build --stale           # retrain only missing or stale ones
+    score-models artifacts build --stale           # retrain only missing, stale or corrupt ones
     score-models artifacts verify [NAME ...]       # exit 1 unless every artifact is up to date
     score-models sample mnist --n 64 --out x.npy [--png x.png] [--sampler annealed|pf-ode] [--seed 0]
+
+Artifacts live in `score_models.artifacts.artifact_dir()`: the checkout's `artifacts/`, or
+`$SCORE_MODELS_ARTIFACT_DIR`, or the user cache. `sample` never trains anything.
 """
 
 from __future__ import annotations
@@ -12,53 +15,64 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-
+from pathlib import Path
 
 # Group names accepted wherever artifact names are.
 ALIASES = {"mnist": ["mnist_classifier", "mnist_unet"]}
+# Bytes per sampled MNIST image kept in memory: the (28, 28) float32 result and its working copy.
+_BYTES_PER_IMAGE = 2 * 28 * 28 * 4
 
 
 def _select(args) -> list[str]:
     from . import zoo
 
-    if args.names:
-        names = []
-        for name in args.names:
-            if name in ALIASES:  # e.g. `score-models artifacts build mnist`
-                names += ALIASES[name]
-            else:
-                zoo.get(name)
-                names.append(name)
-        return names
-    return zoo.names(chapter=args.chapter)
+    if args.chapter is not None and args.chapter not in zoo.chapters():
+        raise ValueError(f"`--chapter` {args.chapter} has no artifacts; chapters with artifacts: {zoo.chapters()}.")
+    if not args.names:
+        return zoo.names(chapter=args.chapter)
+    names = []
+    for name in args.names:
+        if name in ALIASES:  # e.g. `score-models artifacts build mnist`
+            names += ALIASES[name]
+        else:
+            zoo.get(name)
+            names.append(name)
+    return [n for n in names if args.chapter is None or zoo.get(n).chapter == args.chapter]
 
 
 def _artifacts_list(args) -> int:
     from . import artifacts, zoo
 
-    print(f"artifact directory: {artifacts.artifact_dir()}")
+    directory = artifacts.artifact_dir()
+    print(f"artifact directory: {directory}")
     print(f"{'name':32s} {'ch':>2s} {'state':8s} {'KiB':>7s}  description")
     for name in _select(args):
-        r = zoo.get(name)
-        state = zoo.status(name)
-        path = artifacts.artifact_dir() / f"{name}.eqx"
+        r, found = zoo.get(name), zoo.check(name)
+        path = directory / f"{name}.eqx"
         size = f"{path.stat().st_size / 1024:7.1f}" if path.exists() else f"{'-':>7s}"
-        print(f"{name:32s} {r.chapter:2d} {state:8s} {size}  {r.description}")
+        print(f"{name:32s} {r.chapter:2d} {found.state:8s} {size}  {r.description}")
+        if found.state != "ok":
+            print(f"{'':35s} {found.detail}")
     return 0
 
 
 def _artifacts_build(args) -> int:
-    from . import zoo
+    from . import artifacts, zoo
 
+    names = _select(args)
+    directory = artifacts.ensure_writable()  # before anything is trained
+    print(f"artifact directory: {directory}")
     total = time.perf_counter()
-    for name in _select(args):
-        if args.stale and zoo.status(name) == "ok":
+    for name in names:
+        found = zoo.check(name)
+        if args.stale and found.state == "ok":
             print(f"{name}: up to date")
             continue
+        why = f" ({found.state}: {found.detail})" if found.state != "ok" else ""
+        print(f"{name}: {zoo.get(name).about()}{why}", flush=True)
         t0 = time.perf_counter()
-        print(f"{name}: building ...", flush=True)
         zoo.build(name)
-        print(f"{name}: built in {time.perf_counter() - t0:.1f} s", flush=True)
+        print(f"{name}: built in {time.perf_counter() - t0:.1f} s -> {directory / (name + '.eqx')}", flush=True)
     print(f"total: {time.perf_counter() - total:.1f} s")
     return 0
 
@@ -68,49 +82,76 @@ def _artifacts_verify(args) -> int:
 
     failures = 0
     for name in _select(args):
-        state = zoo.status(name)
-        if state == "ok":
+        found = zoo.check(name)
+        line = f"{found.state} ({found.detail})" if found.state != "ok" else "ok"
+        if found.state == "ok":
             try:
                 artifacts.load(name, config=zoo.get(name).config)
             except artifacts.ArtifactError as e:
-                state = f"unloadable: {e}"
-        print(f"{name}: {state}")
-        failures += state != "ok"
+                line = f"unloadable: {e}"
+        print(f"{name}: {line}")
+        failures += line != "ok"
     if failures:
         print(f"{failures} artifact(s) need `score-models artifacts build --stale`.", file=sys.stderr)
     return 1 if failures else 0
 
 
+def _output_path(option: str, value: str, suffix: str) -> Path:
+    """`value` as a path ending in `suffix` whose folder exists and is writable."""
+    from ._files import check_writable
+
+    path = Path(value).expanduser()
+    if path.suffix != suffix:
+        raise ValueError(f"`{option}` must name a {suffix} file, got {value!r}.")
+    if not path.parent.is_dir():
+        raise ValueError(f"`{option}`: the folder {path.parent} does not exist.")
+    try:
+        check_writable(path.parent, f"`{option}`: the folder")
+    except OSError as e:
+        raise ValueError(str(e)) from e
+    return path
+
+
+def _check_sample_args(args) -> tuple[Path, Path | None]:
+    from ._system import check_fits_in_memory
+
+    if args.n <= 0:
+        raise ValueError(f"`--n` must be a positive integer, got {args.n}.")
+    check_fits_in_memory("--n", args.n * _BYTES_PER_IMAGE, f"{args.n} images")
+    if not 0 <= args.seed < 2**63:
+        raise ValueError(f"`--seed` must be an integer in [0, 2**63), got {args.seed}.")
+    out = _output_path("--out", args.out, ".npy")
+    png = None if args.png is None else _output_path("--png", args.png, ".png")
+    return out, png
+
+
 def _sample(args) -> int:
+    out, png = _check_sample_args(args)  # every cheap check before the model is loaded
+
     import jax
     import numpy as np
 
-    from . import mnist, zoo
+    from . import artifacts, mnist, zoo
 
-    if args.dataset != "mnist":
-        raise ValueError(f"`dataset` must be 'mnist', got {args.dataset!r}.")
-    if args.n <= 0:
-        raise ValueError(f"`--n` must be a positive integer, got {args.n}.")
-    if not args.out.endswith(".npy"):
-        raise ValueError(f"`--out` must name a .npy file, got {args.out!r}.")
-    state = zoo.status("mnist_unet")
-    if state != "ok":  # never train for an hour as a side effect of sampling
-        raise ValueError(f"the artifact mnist_unet is {state}; build it first with "
+    found = zoo.check("mnist_unet")
+    if found.state != "ok":  # never train as a side effect of sampling, whatever the mode
+        raise ValueError(f"the artifact mnist_unet is {found.state} ({found.detail}); build it first with "
                          f"`score-models artifacts build mnist_unet`.")
-    model = zoo.load("mnist_unet")
+    model = artifacts.load("mnist_unet", config=zoo.get("mnist_unet").config)
     t0 = time.perf_counter()
     x = mnist.sample(model, jax.random.key(args.seed), args.n, sampler=args.sampler)
     images = mnist.to_pixels(x)
-    np.save(args.out, images)
+    np.save(out, images)
     print(f"{args.n} samples ({args.sampler}, seed {args.seed}) in {time.perf_counter() - t0:.1f} s: "
-          f"{args.out} float32 {images.shape} in [0, 1]")
-    if args.png:
-        mnist.save_png(images, args.png, ncol=min(16, args.n))
-        print(f"grid: {args.png}")
+          f"{out} float32 {images.shape} in [0, 1]")
+    if png is not None:
+        mnist.save_png(images, png, ncol=min(16, args.n))
+        print(f"grid: {png}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `score-models`."""
     parser = argparse.ArgumentParser(prog="score-models", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -125,10 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("names", nargs="*", help="artifact names (default: all)")
         p.add_argument("--chapter", type=int, default=None, help="only this chapter's artifacts")
         if action == "build":
-            p.add_argument("--stale", action="store_true", help="only missing or stale artifacts")
+            p.add_argument("--stale", action="store_true", help="only missing, stale or corrupt artifacts")
         p.set_defaults(func=fn)
 
-    smp = commands.add_parser("sample", help="draw samples from a cached model")
+    smp = commands.add_parser("sample", help="draw samples from a cached model (never trains)")
     smp.add_argument("dataset", choices=["mnist"], help="which model: mnist (artifact mnist_unet)")
     smp.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     smp.add_argument("--out", required=True, help="output .npy file: float32 (N, 28, 28) in [0, 1]")
@@ -141,11 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Runs `score-models` with `argv` (default `sys.argv[1:]`); returns the exit status."""
+    from .artifacts import ArtifactError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except ValueError as e:  # unknown names and other bad input: a message, not a traceback
+    except (ValueError, ArtifactError) as e:  # bad input and unusable artifacts: a message, not a traceback
         print(f"score-models: error: {e}", file=sys.stderr)
         return 2
 

@@ -2,13 +2,51 @@
 
 from __future__ import annotations
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._checks import as_float_array, check_finite, check_positive, is_concrete
+from ._checks import (
+    as_float_array,
+    check_finite,
+    check_key,
+    check_noise_level,
+    check_positive,
+    check_positive_int,
+    check_size,
+    is_concrete,
+)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4))
+def _components_and_noise(key, weights, n: int, dim: int, dtype):
+    """The component index `(n,)` and standard normal noise `(n, d)` of `n` samples."""
+    key_k, key_z = jax.random.split(key)
+    k = jax.random.choice(key_k, weights.shape[0], (n,), p=weights)
+    return k, jax.random.normal(key_z, (n, dim), dtype=dtype)
+
+
+@jax.jit
+def _scale(stds, k, z):
+    return stds[k, None] * z
+
+
+@jax.jit
+def _shift(means, k, scaled):
+    return means[k] + scaled
+
+
+def _sample(mixture: "GaussianMixture", key, n: int):
+    # Three small compiled calls, not one: fused into one kernel, XLA turns the product and the
+    # sum into a fused multiply-add (and reorders the noise's last multiplications), whose
+    # rounding differs in the last bit from separate operations; every sample the book and its
+    # cached models drew before this function was compiled would change.
+    k, z = _components_and_noise(key, mixture.weights, n, mixture.dim, mixture.means.dtype)
+    return _shift(mixture.means, k, _scale(mixture.stds, k, z))
 
 
 class GaussianMixture(eqx.Module):
@@ -61,6 +99,8 @@ class GaussianMixture(eqx.Module):
 
     def _check_point(self, x):
         x = jnp.asarray(x)
+        if jnp.issubdtype(x.dtype, jnp.complexfloating):
+            raise ValueError(f"`x` must be real, got complex dtype {x.dtype}.")
         if x.shape != (self.dim,):
             raise ValueError(
                 f"`x` must be ONE point of shape ({self.dim},); got shape {tuple(x.shape)}. "
@@ -92,13 +132,12 @@ class GaussianMixture(eqx.Module):
         return jnp.sum(r[:, None] * (self.means - x) / self.stds[:, None] ** 2, axis=0)
 
     def sample(self, key: PRNGKeyArray, n: int) -> Float[Array, "n d"]:
-        """`n` exact samples, shape `(n, d)`."""
-        if not isinstance(n, (int, np.integer)) or n <= 0:
-            raise ValueError(f"`n` must be a positive integer, got {n!r}.")
-        key_k, key_z = jax.random.split(key)
-        k = jax.random.choice(key_k, self.n_components, (int(n),), p=self.weights)
-        z = jax.random.normal(key_z, (int(n), self.dim), dtype=self.means.dtype)
-        return self.means[k] + self.stds[k, None] * z
+        """`n` exact samples, shape `(n, d)`: one compiled call per `n` (and per number of
+        components and dimension), shared by every mixture of that shape."""
+        n = check_positive_int("n", n)
+        check_key("key", key)
+        check_size("n", n * (self.dim + 1))
+        return _sample(self, key, n)
 
     def perturbed(self, sigma) -> "GaussianMixture":
         """The mixture convolved with `N(0, sigma^2 I)`: the distribution of `x + sigma z`.
@@ -106,18 +145,20 @@ class GaussianMixture(eqx.Module):
         A mixture again, with the same means and weights and stds `sqrt(s_k^2 + sigma^2)`.
         `sigma` may be a traced scalar.
         """
+        if is_concrete(sigma) and jnp.ndim(sigma) != 0:
+            raise ValueError(f"`sigma` must be a scalar, got shape {tuple(jnp.shape(sigma))}.")
+        check_noise_level("sigma", sigma, self.stds.dtype, allow_zero=True)
         sigma = jnp.asarray(sigma, dtype=self.stds.dtype)
-        if sigma.shape != ():
-            raise ValueError(f"`sigma` must be a scalar, got shape {tuple(sigma.shape)}.")
-        if is_concrete(sigma) and not float(sigma) >= 0:
-            raise ValueError(f"`sigma` must be non-negative, got {float(sigma)}.")
         return GaussianMixture(self.means, jnp.sqrt(self.stds**2 + sigma**2), self.weights)
 
     def perturbed_score(self, x: Float[Array, " d"], sigma) -> Float[Array, " d"]:
         """The exact noise-conditional score `grad_x log p_sigma(x)` of the mixture perturbed by
-        `N(0, sigma^2 I)`, at ONE point `x: (d,)`. Pass the bound method `mixture.perturbed_score`
-        as the `score_fn(x, sigma)` of a sampler: being an equinox pytree, it compiles once per
-        shape, unlike a fresh lambda."""
+        `N(0, sigma^2 I)`, at ONE point `x: (d,)`.
+
+        The bound method `mixture.perturbed_score` is the library's exact score `score_fn(x,
+        sigma)` for samplers, losses and metrics: an equinox pytree whose arrays are traced
+        leaves, so it compiles once per shape and every mixture with the same number of
+        components and dimension shares that compilation (a fresh lambda recompiles)."""
         return self.perturbed(sigma).score(x)
 
     def cdf(self, x: Float[Array, "..."]) -> Float[Array, "..."]:

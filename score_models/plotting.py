@@ -5,15 +5,35 @@ Figures are kept small (the book's notebooks are committed with their outputs).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Sequence
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import matplotlib as mpl
 import matplotlib.pyplot as plt
 import numpy as np
 
+from ._checks import as_float_array, check_noise_level, check_score_fn
+
 DPI = 80
+
+
+@eqx.filter_jit
+def _evaluate(score_fn, points, sigma):
+    """`score_fn` at every point, `(m, d) -> (m, d)`, in one compiled call (models and bound
+    methods are pytrees: one compilation per shape)."""
+    if sigma is None:
+        return jax.vmap(score_fn)(points)
+    return jax.vmap(score_fn, in_axes=(0, None))(points, sigma)
+
+
+def _scores(score_fn, points, sigma):
+    check_score_fn(score_fn, points, conditional=sigma is not None)
+    if sigma is not None:
+        sigma = jnp.asarray(check_noise_level("sigma", sigma), points.dtype)
+    return np.asarray(_evaluate(score_fn, points, sigma))
 
 
 def setup(dpi: int = DPI) -> None:
@@ -25,41 +45,37 @@ def setup(dpi: int = DPI) -> None:
                          "animation.html": "jshtml", "animation.embed_limit": 8.0})
 
 
-def ecdf(ax, samples, label: str | None = None, **kwargs):
+def ecdf(ax, samples, label: str | None = None, **kwargs) -> list:
     """Plots the empirical CDF of 1D `samples` (shape `(n,)` or `(n, 1)`) on `ax`."""
     x = np.sort(np.asarray(samples).reshape(-1))
     return ax.step(x, np.arange(1, x.size + 1) / x.size, where="post", label=label, **kwargs)
 
 
-def score_curve(ax, score_fn: Callable, grid, *, sigma=None, label: str | None = None, **kwargs):
+def score_curve(ax, score_fn: Callable, grid, *, sigma=None, label: str | None = None, **kwargs) -> list:
     """Plots a 1D score function on `grid` (shape `(m,)`): `score_fn(x)` or `score_fn(x, sigma)`
-    for one point `x` of shape `(1,)`."""
-    g = jnp.asarray(grid, dtype=jnp.float32).reshape(-1, 1)
-    if sigma is None:
-        s = jax.vmap(score_fn)(g)
-    else:
-        s = jax.vmap(score_fn, in_axes=(0, None))(g, jnp.float32(sigma))
-    return ax.plot(np.asarray(g[:, 0]), np.asarray(s[:, 0]), label=label, **kwargs)
+    for one point `x` of shape `(1,)`, evaluated in one compiled call."""
+    g = jnp.asarray(as_float_array("grid", grid), dtype=jnp.float32).reshape(-1, 1)
+    s = _scores(score_fn, g, sigma)
+    return ax.plot(np.asarray(g[:, 0]), s[:, 0], label=label, **kwargs)
 
 
 def vector_field(ax, score_fn: Callable, limits=(-3, 3, -3, 3), *, n: int = 20, sigma=None,
-                 normalise: bool = True, **kwargs):
-    """Quiver plot of a 2D score field on an `n x n` grid over `limits` (xmin, xmax, ymin, ymax)."""
+                 normalise: bool = True, **kwargs) -> mpl.quiver.Quiver:
+    """Quiver plot of a 2D score field on an `n x n` grid over `limits` (xmin, xmax, ymin, ymax),
+    evaluated in one compiled call."""
     xs = np.linspace(limits[0], limits[1], n)
     ys = np.linspace(limits[2], limits[3], n)
     xx, yy = np.meshgrid(xs, ys)
     pts = jnp.asarray(np.stack([xx.ravel(), yy.ravel()], -1), dtype=jnp.float32)
-    if sigma is None:
-        s = np.asarray(jax.vmap(score_fn)(pts))
-    else:
-        s = np.asarray(jax.vmap(score_fn, in_axes=(0, None))(pts, jnp.float32(sigma)))
+    s = _scores(score_fn, pts, sigma)
     if normalise:
         s = s / (np.linalg.norm(s, axis=-1, keepdims=True) + 1e-8)
     kwargs.setdefault("color", "0.3")
     return ax.quiver(pts[:, 0], pts[:, 1], s[:, 0], s[:, 1], **kwargs)
 
 
-def animate(fig, draw_frame: Callable[[int], None], n_frames: int, *, interval: int = 100):
+def animate(fig, draw_frame: Callable[[int], None], n_frames: int, *,
+            interval: int = 100) -> mpl.animation.Animation:
     """A celluloid animation: `draw_frame(i)` draws frame `i` on the figure's axes (without
     clearing); returns a matplotlib animation (displayed as an HTML player in notebooks)."""
     from celluloid import Camera
@@ -79,7 +95,7 @@ def trajectory_frames(trajectory, n_frames: int) -> Sequence[int]:
     return np.unique(np.linspace(0, t - 1, n_frames).round().astype(int)).tolist()
 
 
-def save_mp4(anim, path, *, fps: int | None = None, dpi: int | None = None) -> "Path":
+def save_mp4(anim, path, *, fps: int | None = None, dpi: int | None = None) -> Path:
     """Writes a matplotlib animation (e.g. from `animate`) to an mp4 file at `path`.
 
     Uses matplotlib's `FFMpegWriter` pointed at the ffmpeg binary bundled with `imageio-ffmpeg`
@@ -87,8 +103,6 @@ def save_mp4(anim, path, *, fps: int | None = None, dpi: int | None = None) -> "
     needed. `fps` defaults to the animation's own frame rate (`1000 / interval`); `dpi` to the
     figure's. Returns the path written.
     """
-    from pathlib import Path
-
     from matplotlib import animation as mpl_animation
 
     if not isinstance(anim, mpl_animation.Animation):

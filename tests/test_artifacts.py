@@ -12,8 +12,12 @@ import numpy as np
 import pytest
 
 import score_models as sm
-from score_models import artifacts
+from score_models import _files, artifacts
 from score_models.artifacts import ArtifactError
+
+# Training a missing artifact warns (what it trains, where it goes); the tests that check the
+# warning use `pytest.warns`, which sees it anyway.
+pytestmark = pytest.mark.filterwarnings("ignore::score_models.artifacts.ArtifactWarning")
 
 MODEL_CONFIG = {"type": "NoiseConditionalMLP", "dim": 2, "width": 8, "depth": 1, "data_std": 3.0}
 CONFIG = {"model": MODEL_CONFIG, "steps": 10, "seed": 0}
@@ -77,21 +81,64 @@ def test_sidecar_contents(artifact_dir):
     assert "created" in sidecar
 
 
-def test_writes_are_atomic(artifact_dir, monkeypatch):
+def listing(directory):
+    return sorted(p.name for p in directory.iterdir())
+
+
+def test_interrupted_save_keeps_the_previous_artifact(artifact_dir, monkeypatch):
+    """A save that dies after writing the new weights but before switching the sidecar leaves
+    the previous artifact whole; the next save cleans up."""
     artifacts.save("toy", make_model(1), CONFIG)
-    assert sorted(p.name for p in artifact_dir.iterdir()) == ["toy.eqx", "toy.json"]
+    real, calls = artifacts.atomic_write, []
+
+    def dies_before_the_sidecar(path, data):
+        calls.append(path.name)
+        if path.suffix == ".json":
+            raise KeyboardInterrupt  # Ctrl-C, SIGKILL or a full disk between the two writes
+        real(path, data)
+
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(artifacts, "atomic_write", dies_before_the_sidecar)
+        artifacts.save("toy", make_model(2), CONFIG)
+    assert calls[-1] == "toy.json"
+    assert artifacts.status("toy", CONFIG) == "ok"
+    assert_bitwise_equal(artifacts.load("toy"), make_model(1))
+    artifacts.save("toy", make_model(3), CONFIG)
+    assert listing(artifact_dir) == [".toy.lock", "toy.eqx", "toy.json"]
+    assert_bitwise_equal(artifacts.load("toy"), make_model(3))
+
+
+def test_save_interrupted_after_the_switch_is_finished_by_the_next_reader(artifact_dir, monkeypatch):
+    """Once the sidecar is switched the new artifact is the valid one, even before its weights
+    are moved into place; the first reader that can write finishes the move."""
+    artifacts.save("toy", make_model(1), CONFIG)
+
+    def dies(source, target):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m, pytest.raises(KeyboardInterrupt):
+        m.setattr(artifacts, "replace", dies)
+        artifacts.save("toy", make_model(2), CONFIG)
+    assert any(name.endswith(".next") for name in listing(artifact_dir))
+    assert artifacts.status("toy", CONFIG) == "ok"
+    assert_bitwise_equal(artifacts.load("toy"), make_model(2))
+    assert listing(artifact_dir) == [".toy.lock", "toy.eqx", "toy.json"]
+    weights = (artifact_dir / "toy.eqx").read_bytes()
+    assert hashlib.sha256(weights).hexdigest() == artifacts.info("toy")["weights_sha256"]
+
+
+def test_a_failed_write_leaves_no_temp_file(artifact_dir, monkeypatch):
+    artifacts.save("toy", make_model(1), CONFIG)
     before = {p.name: p.read_bytes() for p in artifact_dir.iterdir()}
 
-    # A crash while replacing the file leaves the old artifact intact and no temp file behind.
     def failing_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(artifacts.os, "replace", failing_replace)
-    with pytest.raises(OSError, match="disk full"):
+    with monkeypatch.context() as m, pytest.raises(OSError, match="disk full"):
+        m.setattr(_files.os, "replace", failing_replace)
         artifacts.save("toy", make_model(2), CONFIG)
-    monkeypatch.undo()
     assert {p.name: p.read_bytes() for p in artifact_dir.iterdir()} == before
-    assert_bitwise_equal(artifacts.load("toy", directory=artifact_dir), make_model(1))
+    assert_bitwise_equal(artifacts.load("toy"), make_model(1))
 
 
 def test_directory_argument_overrides_the_environment(artifact_dir, tmp_path):
@@ -141,7 +188,7 @@ def test_loading_into_another_model_names_both(artifact_dir):
     assert '"width": 8' in str(e.value) and '"width": 16' in str(e.value)
 
 
-def test_cached_use_mode(artifact_dir, capsys):
+def test_cached_use_mode(artifact_dir):
     build = Builder()
     first = artifacts.cached("toy", CONFIG, build)
     assert build.calls == 1 and artifacts.status("toy", CONFIG) == "ok"
@@ -150,8 +197,8 @@ def test_cached_use_mode(artifact_dir, capsys):
     assert_bitwise_equal(again, first)
     # A stale artifact (another config) is rebuilt and overwritten.
     new_config = {**CONFIG, "steps": 20}
-    rebuilt = artifacts.cached("toy", new_config, Builder(new_config))
-    assert "stale" in capsys.readouterr().out
+    with pytest.warns(artifacts.ArtifactWarning, match="Training artifact 'toy' \\(it is stale\\)"):
+        rebuilt = artifacts.cached("toy", new_config, Builder(new_config))
     assert artifacts.info("toy")["config"] == new_config
     assert_bitwise_equal(artifacts.load("toy"), rebuilt)
     assert artifacts.info("toy")["metrics"] == {"w1": 0.5}
@@ -196,19 +243,164 @@ def test_unknown_mode_is_an_error(artifact_dir, monkeypatch):
         artifacts.cached("toy", CONFIG, Builder())
 
 
-@pytest.mark.parametrize("name", ["", "a/b", ".hidden"])
+@pytest.mark.parametrize("name", ["", "a/b", ".hidden", "..", "a\x00b", 5, None])
 def test_bad_names(artifact_dir, name):
     with pytest.raises(ValueError, match="`name`"):
         artifacts.save(name, make_model(1), CONFIG)
 
 
-def test_config_must_be_a_dict(artifact_dir):
+@pytest.mark.parametrize("config", [[1, 2], {**CONFIG, "tags": {"a"}}, {**CONFIG, "lr": float("nan")},
+                                    {**CONFIG, "f": print}])
+def test_config_must_be_plain_finite_json(artifact_dir, config):
     with pytest.raises(ValueError, match="`config`"):
-        artifacts.save("toy", make_model(1), [1, 2])
+        artifacts.save("toy", make_model(1), config)
+    assert listing(artifact_dir) == []
 
 
-def test_artifact_dir_default_is_the_repository_folder(monkeypatch):
+def test_model_must_be_a_module(artifact_dir):
+    with pytest.raises(ValueError, match="`model`"):
+        artifacts.save("toy", "not a model", CONFIG)
+
+
+def test_non_finite_history_and_metrics_are_stored_as_null(artifact_dir):
+    artifacts.save("toy", make_model(1), CONFIG, history={"loss": [1.0, float("nan")], "seconds": float("inf")},
+                   metrics={"w1": np.float32("nan")})
+    sidecar = json.loads((artifact_dir / "toy.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert sidecar["history"]["seconds"] is None and sidecar["metrics"] == {"w1": None}
+
+
+def test_build_must_return_a_model(artifact_dir):
+    with pytest.raises(ArtifactError, match="must return a model"):
+        artifacts.cached("toy", CONFIG, lambda: None)
+
+
+# --------------------------------------------------------------------------- damaged sidecars
+
+
+DAMAGED_SIDECARS = {
+    "truncated": lambda good: good[: len(good) // 2],
+    "empty object": lambda good: "{}",
+    "a list": lambda good: "[1, 2]",
+    "zero bytes": lambda good: "",
+    "no hash": lambda good: json.dumps({k: v for k, v in json.loads(good).items() if k != "weights_sha256"}),
+    "another name": lambda good: json.dumps({**json.loads(good), "name": "other"}),
+    "binary": lambda good: "\udcff",
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGED_SIDECARS)
+def test_a_damaged_sidecar_is_corrupt_and_named(artifact_dir, monkeypatch, damage):
+    artifacts.save("toy", make_model(1), CONFIG)
+    sidecar = artifact_dir / "toy.json"
+    text = DAMAGED_SIDECARS[damage](sidecar.read_text())
+    sidecar.write_bytes(text.encode("utf-8", "surrogateescape"))
+    found = artifacts.check("toy", CONFIG)
+    assert found.state == "corrupt" and str(sidecar) in found.detail
+    for call in (lambda: artifacts.load("toy"), lambda: artifacts.info("toy"),
+                 lambda: artifacts.load("toy", config=CONFIG)):
+        with pytest.raises(ArtifactError, match=f"corrupt: .*{sidecar}"):
+            call()
+    monkeypatch.setenv("SCORE_MODELS_ARTIFACTS", "require")
+    with pytest.raises(ArtifactError, match=f"corrupt: .*{sidecar}"):
+        artifacts.cached("toy", CONFIG, Builder())
+    monkeypatch.setenv("SCORE_MODELS_ARTIFACTS", "use")  # repaired by rebuilding
+    build = Builder()
+    with pytest.warns(artifacts.ArtifactWarning, match="corrupt"):
+        artifacts.cached("toy", CONFIG, build)
+    assert build.calls == 1 and artifacts.status("toy", CONFIG) == "ok"
+
+
+def test_load_refuses_another_artifacts_pair(artifact_dir):
+    """Another artifact's weights and sidecar copied under this name do not load as it."""
+    artifacts.save("other", make_model(1), CONFIG)
+    for suffix in (".eqx", ".json"):
+        (artifact_dir / f"toy{suffix}").write_bytes((artifact_dir / f"other{suffix}").read_bytes())
+    with pytest.raises(ArtifactError, match="describes artifact 'other', not 'toy'"):
+        artifacts.load("toy")
+
+
+def test_missing_weights_or_sidecar(artifact_dir):
+    artifacts.save("toy", make_model(1), CONFIG)
+    (artifact_dir / "toy.eqx").unlink()
+    assert artifacts.check("toy", CONFIG) == ("missing", f"its weights {artifact_dir / 'toy.eqx'} are missing")
+    artifacts.save("toy", make_model(1), CONFIG)
+    (artifact_dir / "toy.json").unlink()
+    assert artifacts.check("toy", CONFIG).state == "missing"
+
+
+# --------------------------------------------------------------------------- where artifacts live
+
+
+def test_unwritable_artifact_directory_is_found_before_training(tmp_path, monkeypatch):
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv("SCORE_MODELS_ARTIFACT_DIR", str(tmp_path / "a_file" / "artifacts"))
+    monkeypatch.setenv("SCORE_MODELS_ARTIFACTS", "use")
+    build = Builder()
+    with pytest.raises(ArtifactError, match="not writable.*SCORE_MODELS_ARTIFACT_DIR"):
+        artifacts.cached("toy", CONFIG, build)
+    assert build.calls == 0
+    monkeypatch.setenv("SCORE_MODELS_ARTIFACT_DIR", str(tmp_path / "a_file"))
+    with pytest.raises(ArtifactError, match="is a file, not a folder"):
+        artifacts.cached("toy", CONFIG, build)
+    assert build.calls == 0
+
+
+def test_artifact_dir_in_a_checkout_is_the_repository_folder(monkeypatch):
     monkeypatch.delenv("SCORE_MODELS_ARTIFACT_DIR", raising=False)
-    assert artifacts.artifact_dir() == artifacts.Path(sm.__file__).resolve().parent.parent / "artifacts"
-    monkeypatch.setenv("SCORE_MODELS_ARTIFACT_DIR", os.fspath("/tmp/x"))
-    assert str(artifacts.artifact_dir()) == "/tmp/x"
+    monkeypatch.delenv("SCORE_MODELS_ARTIFACTS", raising=False)
+    repo = artifacts.Path(sm.__file__).resolve().parent.parent
+    assert artifacts.checkout_dir() == repo
+    assert artifacts.artifact_dir() == repo / "artifacts" and artifacts.mode() == "use"
+
+
+def test_an_installed_copy_uses_the_user_cache_and_never_trains_implicitly(tmp_path, monkeypatch):
+    """Outside a checkout (e.g. in site-packages) artifacts live in the user cache, and a
+    missing one is an error that says how to get it; nothing is trained or written."""
+    monkeypatch.setattr(artifacts, "checkout_dir", lambda: None)
+    monkeypatch.delenv("SCORE_MODELS_ARTIFACT_DIR", raising=False)
+    monkeypatch.delenv("SCORE_MODELS_ARTIFACTS", raising=False)
+    monkeypatch.setenv("SCORE_MODELS_CACHE", str(tmp_path / "cache"))
+    assert artifacts.artifact_dir() == tmp_path / "cache" / "artifacts"
+    assert artifacts.mode() == "require"
+    build = Builder()
+    with pytest.raises(ArtifactError) as e:
+        artifacts.cached("toy", CONFIG, build, about="trains a toy, about 1 s")
+    message = str(e.value)
+    for part in ["is missing", "installed copy", "score-models artifacts build toy", "trains a toy",
+                 "SCORE_MODELS_ARTIFACT_DIR", "SCORE_MODELS_ARTIFACTS=use"]:
+        assert part in message, part
+    assert build.calls == 0 and not (tmp_path / "cache").exists()
+    monkeypatch.setenv("SCORE_MODELS_ARTIFACTS", "use")  # asked for: trained into the user cache
+    with pytest.warns(artifacts.ArtifactWarning, match=f"saved in {tmp_path / 'cache' / 'artifacts'}"):
+        artifacts.cached("toy", CONFIG, build)
+    assert build.calls == 1 and (tmp_path / "cache" / "artifacts" / "toy.eqx").exists()
+
+
+def test_environment_variables(tmp_path, monkeypatch):
+    monkeypatch.setenv("SCORE_MODELS_ARTIFACT_DIR", "~/some/artifacts")
+    assert artifacts.artifact_dir() == artifacts.Path.home() / "some" / "artifacts"
+    monkeypatch.setenv("SCORE_MODELS_ARTIFACT_DIR", os.fspath(tmp_path))
+    assert artifacts.artifact_dir() == tmp_path
+    monkeypatch.setenv("SCORE_MODELS_ARTIFACTS", " Require ")
+    assert artifacts.mode() == "require"
+    for variable, call in [("SCORE_MODELS_ARTIFACT_DIR", artifacts.artifact_dir),
+                           ("SCORE_MODELS_ARTIFACTS", artifacts.mode),
+                           ("SCORE_MODELS_CACHE", artifacts.cache_dir)]:
+        monkeypatch.setenv(variable, " ")
+        with pytest.raises(ArtifactError, match=f"{variable} is set but empty"):
+            call()
+        monkeypatch.delenv(variable)
+
+
+def test_machine_facts_on_a_platform_without_unix_calls(artifact_dir, monkeypatch):
+    """Windows has no os.getloadavg or os.sysconf: the machine facts are None there, and saving
+    an artifact (which records the hardware) still works."""
+    from score_models import _system
+
+    assert isinstance(_system.load_average(), float) and _system.total_memory_bytes() > 0
+    monkeypatch.delattr(os, "getloadavg")
+    monkeypatch.delattr(os, "sysconf")
+    assert _system.load_average() is None and _system.total_memory_bytes() is None
+    _system.check_fits_in_memory("n", 10**15, "anything")  # cannot tell: not refused
+    artifacts.save("toy", make_model(1), CONFIG)
+    assert artifacts.info("toy")["hardware"]["cpu_count"] == os.cpu_count()

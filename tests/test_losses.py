@@ -268,3 +268,139 @@ def test_multiscale_dsm_rejects_an_ensemble_of_another_size():
     loss = sm.losses.multiscale_denoising_score_matching(sm.geometric_sigmas(4.0, 0.25, 4))
     with pytest.raises(ValueError, match="3 members.*4 sigmas"):
         loss(ens, jnp.zeros((8, 1)), jax.random.key(0))
+
+
+# ---------------------------------------------------------------------------------------------
+# Any example shape: an objective on images equals the same objective on the flattened images
+
+
+class OnImages(eqx.Module):
+    """A vector model `(d,) -> (d,)` applied to examples of shape `shape` (flattened and back)."""
+
+    model: eqx.Module
+    shape: tuple = eqx.field(static=True)
+
+    def __call__(self, x, *sigma):
+        return self.model(x.reshape(-1), *sigma).reshape(self.shape)
+
+
+IMAGE = (2, 3, 2)  # (C, H, W): d = 12
+
+
+@pytest.mark.parametrize("loss", [
+    sm.losses.implicit_score_matching(),
+    sm.losses.sliced_score_matching(4),
+    sm.losses.sliced_score_matching(3, variance_reduction=False, distribution="rademacher"),
+    sm.losses.denoising_score_matching(0.7),
+], ids=["implicit", "sliced", "sliced rademacher", "denoising"])
+def test_losses_on_image_shaped_examples_equal_the_flat_objective(loss):
+    """The same data and model seen as `(n, 12)` vectors or `(n, 2, 3, 2)` images give the same
+    loss (the projections of sliced SM, drawn with the example's shape, are the same numbers)."""
+    d = int(np.prod(IMAGE))
+    model = Wiggly(d, jax.random.key(11))
+    flat = jax.random.normal(jax.random.key(12), (64, d))
+    key = jax.random.key(13)
+    expected = float(eqx.filter_jit(loss)(model, flat, key))
+    got = float(eqx.filter_jit(loss)(OnImages(model, IMAGE), flat.reshape(64, *IMAGE), key))
+    assert got == pytest.approx(expected, rel=1e-5)
+    # The trace term is large against the tolerance, so a trace over the wrong axes would show.
+    assert abs(float(jnp.mean(trace_jac(model, flat)))) > 1000 * 1e-5 * abs(expected)
+
+
+class ConditionalWiggly(eqx.Module):
+    """`s(x, sigma) = Wiggly(x) / (1 + sigma)`: a noise-conditional model of any dimension."""
+
+    base: Wiggly
+
+    def __call__(self, x, sigma):
+        return self.base(x) / (1 + sigma)
+
+
+@pytest.mark.parametrize("loss", [
+    sm.losses.multiscale_denoising_score_matching(sm.geometric_sigmas(4.0, 0.1, 5)),
+    sm.losses.continuous_denoising_score_matching(0.1, 4.0),
+], ids=["multiscale", "continuous"])
+def test_conditional_losses_on_image_shaped_examples(loss):
+    d = int(np.prod(IMAGE))
+    model = ConditionalWiggly(Wiggly(d, jax.random.key(14)))
+    flat = jax.random.normal(jax.random.key(15), (64, d))
+    key = jax.random.key(16)
+    expected = float(eqx.filter_jit(loss)(model, flat, key))
+    got = float(eqx.filter_jit(loss)(OnImages(model, IMAGE), flat.reshape(64, *IMAGE), key))
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_continuous_dsm_optimal_value_for_a_conditional_score():
+    """With log sigma uniform on [log a, log b] and the exact perturbed score of N(MU, S^2)
+    data, the loss is E_sigma 1/2 d S^2 / (S^2 + sigma^2) = d / (2 log(b/a)) int_a^b S^2 /
+    (S^2 + s^2) ds / s, in closed form d/(4 log(b/a)) log((b^2 (S^2 + a^2)) / (a^2 (S^2 + b^2)))."""
+    a, b, d = 0.1, 5.0, 2
+    batch = gaussian_data(8192, d=d)
+    loss = sm.losses.continuous_denoising_score_matching(a, b)
+    values = jax.jit(jax.vmap(lambda k: loss(perturbed_gaussian_score, batch, k)))(
+        jax.random.split(jax.random.key(17), 16))
+    mean, se = mc(values)
+    expected = d / (4 * np.log(b / a)) * np.log(b**2 * (S**2 + a**2) / (a**2 * (S**2 + b**2)))
+    assert mean == pytest.approx(expected, abs=5 * se)
+    # the chapter-5 recipe trains with this very function
+    from score_models.zoo import chapter5
+
+    assert chapter5.continuous_denoising_score_matching is sm.losses.continuous_denoising_score_matching
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs that would give a wrong loss silently are refused
+
+
+def test_multiscale_dsm_rejects_an_ensemble_with_other_sigmas():
+    """Same number of levels, other values: the ensemble would be trained at its own levels and
+    the loss's ignored."""
+    ens = sm.models.ScoreEnsemble(lambda k: eqx.nn.Linear(1, 1, key=k), [10.0, 1.0], key=jax.random.key(0))
+    with pytest.raises(ValueError, match="differ from the ensemble"):
+        sm.losses.multiscale_denoising_score_matching([0.5, 0.01])(ens, jnp.zeros((8, 1)), jax.random.key(0))
+    # float32 rounding of the same schedule is not a difference (chapter 2 relies on it)
+    levels = sm.geometric_sigmas(30.0, 0.1, 10)
+    ens = sm.models.ScoreEnsemble(lambda k: eqx.nn.Linear(1, 1, key=k), np.geomspace(30.0, 0.1, 10).tolist(),
+                                  key=jax.random.key(0))
+    assert np.isfinite(float(sm.losses.multiscale_denoising_score_matching(levels)(
+        ens, jnp.zeros((8, 1)), jax.random.key(0))))
+
+
+@pytest.mark.parametrize("make", [
+    lambda gm: sm.losses.explicit_score_matching(lambda x: gm.score(x)[0]),   # () instead of (1,)
+    lambda gm: sm.losses.explicit_score_matching(lambda x: jnp.tile(gm.score(x), 2)),   # (2,)
+], ids=["scalar", "too long"])
+def test_explicit_sm_refuses_a_true_score_of_another_shape(make):
+    gm = sm.data.running_example()
+    x = gm.sample(jax.random.key(0), 64)
+    model = sm.models.MLP(1, 8, 1, key=jax.random.key(1))
+    with pytest.raises(ValueError, match="`true_score` must return the shape of one example"):
+        make(gm)(model, x)
+
+
+def test_losses_refuse_a_model_of_another_shape_or_signature_and_integer_data():
+    x = jnp.zeros((8, 2))
+    with pytest.raises(ValueError, match="`model` must return the shape of one example"):
+        sm.losses.denoising_score_matching(1.0)(lambda y: y[:1], x, jax.random.key(0))
+    with pytest.raises(ValueError, match="`model` must return the shape of one example"):
+        sm.losses.implicit_score_matching()(lambda y: jnp.sum(y), x)
+    unconditional = sm.models.MLP(2, 8, 1, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="`model` failed on ONE example of shape \\(2,\\) with a scalar sigma"):
+        sm.losses.multiscale_denoising_score_matching([2.0, 1.0])(unconditional, x, jax.random.key(0))
+    for loss in (sm.losses.denoising_score_matching(1.0), sm.losses.sliced_score_matching()):
+        with pytest.raises(ValueError, match="`batch`.*must be floating point"):
+            loss(unconditional, jnp.zeros((8, 2), jnp.int32), jax.random.key(0))
+
+
+@pytest.mark.parametrize("make,name", [
+    (lambda: sm.losses.explicit_score_matching(None), "true_score"),
+    (lambda: sm.losses.denoising_score_matching("1"), "sigma"),
+    (lambda: sm.losses.denoising_score_matching([1.0, 2.0]), "sigma"),
+    (lambda: sm.losses.denoising_score_matching(1e39), "sigma"),
+    (lambda: sm.losses.sliced_score_matching(2, variance_reduction="no"), "variance_reduction"),
+    (lambda: sm.losses.continuous_denoising_score_matching(1.0, 0.5), "sigma_min"),
+    (lambda: sm.losses.continuous_denoising_score_matching(0.0, 0.5), "sigma_min"),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_loss_constructors_refuse_bad_hyperparameters(make, name):
+    with pytest.raises(ValueError, match=f"`{name}`"):
+        make()

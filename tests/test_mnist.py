@@ -408,11 +408,14 @@ def test_sample_shapes_options_and_score_evals(unet):
     assert out.trajectory is None and out.score_evals == 4 * 2 + 1
     out = chapter6.sample(unet, jax.random.key(0), 3, sampler="annealed", n_steps_each=2, trajectory_every=2, **kw)
     assert out.trajectory.shape == (1 + 4 + 1, 3, 1, 28, 28)  # x0, one frame per level, denoised
-    np.testing.assert_allclose(out.trajectory_sigmas, chapter6.sampler_sigmas("annealed", **kw), rtol=1e-6)
+    levels = np.asarray(chapter6.sampler_sigmas("annealed", **kw))
+    np.testing.assert_allclose(out.trajectory_sigmas, [levels[0], *levels, 0.0], rtol=1e-6)
     np.testing.assert_allclose(out.trajectory[-1], out.samples)
     y = chapter6.sample(unet, jax.random.key(0), 2, sampler="pf-ode", trajectory_every=1, **kw)
     assert y.samples.shape == (2, 1, 28, 28) and y.score_evals == 2 * 3 + 1
-    assert y.trajectory.shape == (4 + 1, 2, 1, 28, 28) and len(y.trajectory_sigmas) == 4
+    levels = np.asarray(chapter6.sampler_sigmas("pf-ode", **kw))
+    assert y.trajectory.shape == (4 + 1, 2, 1, 28, 28)
+    np.testing.assert_allclose(y.trajectory_sigmas, [*levels, 0.0], rtol=1e-5)
     # No option is silently ignored.
     with pytest.raises(ValueError, match="unknown option.*eps"):
         chapter6.sample(unet, jax.random.key(0), 2, sampler="pf-ode", eps=1e-3)

@@ -21,16 +21,23 @@ def test_reference_appendix_is_up_to_date():
 def test_reference_lists_the_binding_public_api():
     text = reference.generate()
     for name in ["sm.GaussianMixture", "sm.geometric_sigmas", "sm.fit", "sm.langevin",
-                 "sm.annealed_langevin", "sm.artifacts.cached", "sm.data.mnist"]:
+                 "sm.annealed_langevin", "sm.reverse_sde", "sm.predictor_corrector",
+                 "sm.probability_flow_ode", "sm.log_likelihood", "sm.tweedie_denoise",
+                 "sm.SamplerResult", "sm.metrics.energy_test", "sm.artifacts.cached", "sm.data.mnist"]:
         assert f"`{name}`" in text, name
 
 
 def test_missing_docstring_is_reported(monkeypatch):
-    import score_models.metrics as metrics
+    import score_models.noise as noise  # a module without `__all__`: its own functions are public
+    import score_models.samplers as samplers  # a package that lists its public names
 
     def undocumented(x):
         return x
 
-    undocumented.__module__ = metrics.__name__
-    monkeypatch.setattr(metrics, "undocumented", undocumented, raising=False)
-    assert "score_models.metrics.undocumented" in reference.missing_docstrings()
+    undocumented.__module__ = noise.__name__
+    monkeypatch.setattr(noise, "undocumented", undocumented, raising=False)
+    monkeypatch.setattr(samplers, "undocumented_too", undocumented, raising=False)
+    monkeypatch.setattr(samplers, "__all__", [*samplers.__all__, "undocumented_too"])
+    missing = reference.missing_docstrings()
+    assert "score_models.noise.undocumented" in missing
+    assert "score_models.samplers.undocumented_too" in missing

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from unittest import mock
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,18 +17,10 @@ import pytest
 
 import score_models as sm
 from score_models import sde as sde_module
+from score_models.samplers import reverse as reverse_module
 
 SIGMA_MAX, SIGMA_MIN = 60.0, 0.01
 N = 4_000  # mode weights from 4,000 particles: binomial std <= 0.008, so 0.03 is ~4 std
-
-
-class ExactScore(eqx.Module):
-    """The exact noise-conditional score `grad log (p * N(0, sigma^2))(x)` of a mixture."""
-
-    mixture: sm.GaussianMixture
-
-    def __call__(self, x, sigma):
-        return self.mixture.perturbed(sigma).score(x)
 
 
 def test_schedule():
@@ -80,32 +71,46 @@ def check_samples(x, gm):
 
 def test_reverse_sde(running_example):
     gm, x_init = running_example
-    x, trajectory, info = sm.reverse_sde(ExactScore(gm), x_init, jax.random.key(4),
-                                         sigma_max=SIGMA_MAX, sigma_min=SIGMA_MIN, n_steps=500,
-                                         trajectory_every=100, return_info=True)
-    check_samples(x, gm)
-    assert info["nfe"] == 500
-    assert trajectory.shape == (6, N, 1)
-    np.testing.assert_array_equal(trajectory[0], x_init)
-    np.testing.assert_array_equal(trajectory[-1], x)
-    np.testing.assert_allclose(info["trajectory_sigmas"], sm.geometric_sigmas(SIGMA_MAX, SIGMA_MIN, 501)[::100],
+    r = sm.reverse_sde(gm.perturbed_score, x_init, jax.random.key(4), sigma_max=SIGMA_MAX,
+                       sigma_min=SIGMA_MIN, n_steps=500, trajectory_every=100)
+    check_samples(r.samples, gm)
+    assert r.score_evals == 500 and r.samples_before_denoise is None and r.n_diverged == 0
+    assert r.trajectory.shape == (6, N, 1)
+    np.testing.assert_array_equal(r.trajectory[0], x_init)
+    np.testing.assert_array_equal(r.trajectory[-1], r.samples)
+    np.testing.assert_allclose(r.trajectory_sigmas, sm.geometric_sigmas(SIGMA_MAX, SIGMA_MIN, 501)[::100],
                                rtol=1e-5)
     # same key, same samples; another key, other samples
-    again, _, _ = sm.reverse_sde(ExactScore(gm), x_init, jax.random.key(4), sigma_max=SIGMA_MAX,
-                                 sigma_min=SIGMA_MIN, n_steps=500, trajectory_every=100,
-                                 return_info=True)
-    np.testing.assert_array_equal(again, x)
+    again = sm.reverse_sde(gm.perturbed_score, x_init, jax.random.key(4), sigma_max=SIGMA_MAX,
+                           sigma_min=SIGMA_MIN, n_steps=500, trajectory_every=100)
+    np.testing.assert_array_equal(again.samples, r.samples)
+    other = sm.reverse_sde(gm.perturbed_score, x_init, jax.random.key(5), sigma_max=SIGMA_MAX,
+                           sigma_min=SIGMA_MIN, n_steps=500, trajectory_every=100)
+    assert not np.any(np.asarray(other.samples) == np.asarray(r.samples))
 
 
 def test_predictor_corrector(running_example):
     gm, x_init = running_example
-    x, trajectory, info = sm.predictor_corrector(
-        ExactScore(gm), x_init, jax.random.key(5), sigma_max=SIGMA_MAX, sigma_min=SIGMA_MIN,
-        n_steps=250, n_corrector=1, snr=0.16, denoise=True, trajectory_every=50, return_info=True)
-    check_samples(x, gm)
-    assert info["nfe"] == 250 * 2 + 1  # predictor + corrector per step, one denoising step
-    assert trajectory.shape == (250 // 50 + 2, N, 1)  # start, 5 frames, the denoised particles
-    assert float(info["trajectory_sigmas"][-1]) == 0.0
+    r = sm.predictor_corrector(
+        gm.perturbed_score, x_init, jax.random.key(5), sigma_max=SIGMA_MAX, sigma_min=SIGMA_MIN,
+        n_steps=250, n_corrector=1, snr=0.16, denoise=True, trajectory_every=50)
+    check_samples(r.samples, gm)
+    assert r.score_evals == 250 * 2 + 1  # predictor + corrector per step, one denoising step
+    assert r.trajectory.shape == (250 // 50 + 2, N, 1)  # start, 5 frames, the denoised particles
+    assert float(r.trajectory_sigmas[-1]) == 0.0
+    np.testing.assert_array_equal(r.trajectory[-2], r.samples_before_denoise)
+    np.testing.assert_allclose(r.samples, sm.tweedie_denoise(gm.perturbed_score, r.samples_before_denoise,
+                                                             SIGMA_MIN), rtol=1e-6, atol=1e-6)
+
+
+def test_a_zero_score_makes_the_corrector_diverge_and_says_so():
+    """The corrector's step `2 (snr |z| / |s|)^2` is infinite for a zero score."""
+    x = jnp.zeros((16, 1))
+    kwargs = dict(sigma_max=10.0, sigma_min=0.1, n_steps=3)
+    with pytest.raises(FloatingPointError, match="predictor_corrector.*diverged"):
+        sm.predictor_corrector(lambda y, s: 0.0 * y, x, jax.random.key(0), **kwargs)
+    r = sm.predictor_corrector(lambda y, s: 0.0 * y, x, jax.random.key(0), throw=False, **kwargs)
+    assert r.n_diverged == 16
 
 
 # ------------------------------------------------------------------------------------------
@@ -116,14 +121,14 @@ X = jnp.zeros((8, 1))
 
 
 def _rsde(**overrides):
-    kwargs = dict(score_fn=ExactScore(GM), x_init=X, key=jax.random.key(0), sigma_max=10.0,
+    kwargs = dict(score_fn=GM.perturbed_score, x_init=X, key=jax.random.key(0), sigma_max=10.0,
                   sigma_min=0.1, n_steps=10)
     kwargs.update(overrides)
     return sm.reverse_sde(**kwargs)
 
 
 def _pc(**overrides):
-    kwargs = dict(score_fn=ExactScore(GM), x_init=X, key=jax.random.key(0), sigma_max=10.0,
+    kwargs = dict(score_fn=GM.perturbed_score, x_init=X, key=jax.random.key(0), sigma_max=10.0,
                   sigma_min=0.1, n_steps=10)
     kwargs.update(overrides)
     return sm.predictor_corrector(**kwargs)
@@ -139,6 +144,13 @@ def _forward(**overrides):
     "call, overrides, match",
     [
         (_rsde, dict(x_init=jnp.zeros(8)), "x_init"),
+        (_rsde, dict(x_init=X + 1j), "x_init"),
+        (_rsde, dict(sigma_max=1e39), "sigma_max"),
+        (_rsde, dict(sigma_min=1e-46), "sigma_min"),
+        (_rsde, dict(sigma_max="10"), "sigma_max"),
+        (_rsde, dict(denoise="no"), "denoise"),
+        (_rsde, dict(throw=1), "throw"),
+        (_rsde, dict(key=3), "key"),
         (_rsde, dict(x_init=X.at[0, 0].set(jnp.nan)), "x_init"),
         (_rsde, dict(sigma_min=10.0), "sigma_min"),
         (_rsde, dict(sigma_min=0.0), "sigma_min"),
@@ -150,22 +162,28 @@ def _forward(**overrides):
         (_rsde, dict(score_fn=None), "score_fn"),
         (_pc, dict(n_corrector=-1), "n_corrector"),
         (_pc, dict(snr=0.0), "snr"),
+        (_pc, dict(n_corrector=0, snr=0.1), "snr"),
+        (_pc, dict(n_corrector=True), "n_corrector"),
         (_pc, dict(sigma_max=0.05), "sigma_min"),
         (_forward, dict(x0=jnp.zeros(8)), "x0"),
         (_forward, dict(ts=jnp.array([0.5, 1.5])), "ts"),
         (_forward, dict(ts=jnp.array([0.5, 0.2])), "ts"),
         (_forward, dict(n_steps=0), "n_steps"),
         (_forward, dict(solver="heun"), "solver"),
+        (lambda **kw: sm.VESDE(0.1, 10.0).marginal_sample(X, 1.5, jax.random.key(0)), {}, "`t`"),
+        (lambda **kw: sm.VESDE(0.1, 10.0).marginal_sample(X, float("nan"), jax.random.key(0)), {}, "`t`"),
+        (lambda **kw: sm.VESDE(0.1, 10.0).marginal_sample(X, jnp.ones(8), jax.random.key(0)), {}, "`t`"),
     ],
 )
 def test_bad_input_raises_before_compiling(call, overrides, match):
-    with mock.patch.object(sde_module, "_reverse_kernel", side_effect=AssertionError("compiled")), \
+    with mock.patch.object(reverse_module, "_reverse_kernel", side_effect=AssertionError("compiled")), \
          mock.patch.object(sde_module, "_forward_kernel", side_effect=AssertionError("compiled")):
         with pytest.raises(ValueError, match=match):
             call(**overrides)
 
 
-@pytest.mark.parametrize("args", [(1.0, 1.0), (2.0, 1.0), (0.0, 1.0), (float("nan"), 1.0)])
+@pytest.mark.parametrize("args", [(1.0, 1.0), (2.0, 1.0), (0.0, 1.0), (float("nan"), 1.0), (1e-3, 1e39),
+                                  (1e-46, 1.0), (1.0, 1.0 + 1e-9)])
 def test_vesde_rejects_bad_sigmas(args):
     with pytest.raises(ValueError, match="sigma"):
         sm.VESDE(*args)

@@ -15,7 +15,8 @@ import optax
 import pytest
 
 import score_models as sm
-from score_models.training import _chunk_size, thin_history
+from score_models._checkpoint import Checkpoint
+from score_models.training import thin_history
 
 
 class Linear(eqx.Module):
@@ -125,25 +126,145 @@ def test_infinite_loss_at_step_zero():
                steps=5, key=jax.random.key(0), progress=False)
 
 
-def test_checkpoint_resumes_exactly(tmp_path):
-    """A run stopped by a NaN in its 3rd chunk resumes from the checkpoint written after its
-    2nd chunk and ends where an uninterrupted run would: w_t = w0 - lr t, loss_t = sum(w_t)."""
-    ckpt = tmp_path / "state" / "fit.ckpt"
-    w0, lr, steps = np.array([3.0, 1.0]), 0.25, 12
-    args = dict(steps=steps, key=jax.random.key(0), progress=False, chunk_size=3, checkpoint=ckpt)
+class Interrupt(Exception):
+    """Stands in for a kill right after a checkpoint was written."""
 
-    def failing(model, batch, key):  # NaN from step 7 (w_0 = 3 - 0.25 t < 1.3)
-        return jnp.sum(model.w) + jnp.where(model.w[0] < 1.3, jnp.nan, 0.0)
 
-    with pytest.raises(FloatingPointError, match="step 7 of 12"):
-        sm.fit(Linear(w0), failing, jnp.zeros((4, 1)), optax.sgd(lr), **args)
-    assert ckpt.exists() and [p.name for p in ckpt.parent.iterdir()] == ["fit.ckpt"]
-    with pytest.raises(ValueError, match="`checkpoint`"):  # a checkpoint of another run is refused
-        sm.fit(Linear(w0), linear_loss, jnp.zeros((4, 1)), optax.sgd(lr), **{**args, "steps": 13})
-    model, history = sm.fit(Linear(w0), linear_loss, jnp.zeros((4, 1)), optax.sgd(lr), **args)
-    np.testing.assert_allclose(model.w, w0 - lr * steps, rtol=1e-6)
-    np.testing.assert_allclose(history["loss"], [np.sum(w0 - lr * t) for t in range(steps)], rtol=1e-6)
+def interrupt_after_saves(monkeypatch, n_saves: int) -> None:
+    """Makes `fit` die right after its `n_saves`-th checkpoint write."""
+    real_save, count = Checkpoint.save, [0]
+
+    def save(self, state, step):
+        real_save(self, state, step)
+        count[0] += 1
+        if count[0] == n_saves:
+            raise Interrupt(f"killed after step {step}")
+
+    monkeypatch.setattr(Checkpoint, "save", save)
+
+
+@pytest.mark.parametrize("name", ["state/fit.ckpt", "state/run1"])  # with and without a suffix
+def test_checkpoint_resumes_exactly(tmp_path, monkeypatch, gaussian_data, name):
+    """A run killed after its 2nd chunk resumes from the checkpoint and ends bit for bit where an
+    uninterrupted run ends, with the same loss history; the rate counts only the resumed steps."""
+    ckpt = tmp_path / name
+    args = dict(steps=12, key=jax.random.key(3), batch_size=32, progress=False, chunk_size=3)
+    opt = optax.adam(1e-2)
+    reference, ref_history = sm.fit(small_model(), DSM, gaussian_data, opt, **args)
+
+    with monkeypatch.context() as m:
+        interrupt_after_saves(m, 2)
+        with pytest.raises(Interrupt, match="after step 6"):
+            sm.fit(small_model(), DSM, gaussian_data, opt, checkpoint=ckpt, **args)
+    assert [p.name for p in ckpt.parent.iterdir()] == [ckpt.name]  # no temp files left
+    model, history = sm.fit(small_model(), DSM, gaussian_data, opt, checkpoint=ckpt, **args)
+    assert leaves_equal(model, reference)
+    np.testing.assert_array_equal(history["loss"], ref_history["loss"])
+    assert history["resumed_from_step"] == 6 and ref_history["resumed_from_step"] == 0
+    assert history["steps_per_second"] == pytest.approx(6 / history["seconds"])
     assert not ckpt.exists()
+
+
+def interrupted_checkpoint(tmp_path, monkeypatch, data, **overrides):
+    """A checkpoint left by a run (12 steps, chunks of 3) killed after step 3; returns its path
+    and the run's arguments."""
+    ckpt = tmp_path / "fit.ckpt"
+    run = dict(model=small_model(), loss_fn=DSM, data=data, optimizer=optax.sgd(1e-3), steps=12,
+               key=jax.random.key(0), batch_size=16, chunk_size=3, progress=False, checkpoint=ckpt)
+    with monkeypatch.context() as m:
+        interrupt_after_saves(m, 1)
+        with pytest.raises(Interrupt):
+            sm.fit(**run)
+    assert ckpt.exists()
+    return ckpt, run
+
+
+@pytest.mark.parametrize("change,named", [
+    (dict(optimizer=optax.sgd(1e-2)), "optimiser"),  # same optimiser type, another learning rate
+    (dict(loss_fn=sm.losses.denoising_score_matching(0.5)), "loss function"),
+    (dict(loss_fn=sm.losses.sliced_score_matching()), "loss function"),
+    (dict(key=jax.random.key(1)), "key"),
+    (dict(model=sm.models.MLP(1, 16, 1, key=jax.random.key(9))), "initial weights"),
+    (dict(model=sm.models.MLP(1, 32, 1, key=jax.random.key(1))), "structure"),
+    (dict(steps=13), "`steps`"),
+    (dict(batch_size=32), "`batch_size`"),
+])
+def test_resuming_another_run_is_refused(tmp_path, monkeypatch, gaussian_data, change, named):
+    ckpt, run = interrupted_checkpoint(tmp_path, monkeypatch, gaussian_data)
+    before = ckpt.read_bytes()
+    with pytest.raises(ValueError, match=f"belongs to another run: .*{named}") as e:
+        sm.fit(**{**run, **change})
+    assert "saved at step 3 of 12" in str(e.value) and f"delete {ckpt}" in str(e.value)
+    assert ckpt.read_bytes() == before  # the saved progress is kept
+
+
+def test_resuming_on_other_data_is_refused(tmp_path, monkeypatch, gaussian_data):
+    ckpt, run = interrupted_checkpoint(tmp_path, monkeypatch, gaussian_data)
+    with pytest.raises(ValueError, match="belongs to another run: the data differs"):
+        sm.fit(**{**run, "data": gaussian_data * 5 + 3})  # same shape, other values
+    sm.fit(**run)  # the same run still resumes
+    assert not ckpt.exists()
+
+
+@pytest.mark.parametrize("damage", ["flip_weight", "truncate", "empty", "garbage_header", "step_counter"])
+def test_damaged_checkpoint_is_refused(tmp_path, monkeypatch, gaussian_data, damage):
+    ckpt, run = interrupted_checkpoint(tmp_path, monkeypatch, gaussian_data)
+    raw = bytearray(ckpt.read_bytes())
+    if damage == "flip_weight":
+        raw[-5] ^= 0x01  # one mantissa bit of the last array
+    elif damage == "truncate":
+        raw = raw[: len(raw) - 100]
+    elif damage == "empty":
+        raw = bytearray()
+    elif damage == "step_counter":  # a valid header that says another step
+        raw = bytearray(bytes(raw).replace(b'"step": 3,', b'"step": 9,', 1))
+        assert b'"step": 9,' in raw
+    else:
+        raw[30:40] = b"x" * 10
+    ckpt.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=f"`checkpoint` {ckpt} (is damaged|has a damaged|is not a score-models)") as e:
+        sm.fit(**run)
+    assert f"delete {ckpt}" in str(e.value)
+
+
+def test_checkpoint_path_problems_are_found_before_training(tmp_path):
+    """A folder, or a path below a file, is refused before anything is traced or trained."""
+    traced = []
+
+    def loss(model, batch, key):
+        traced.append(1)
+        return DSM(model, batch, key)
+
+    run = dict(steps=4, key=jax.random.key(0), progress=False)
+    with pytest.raises(ValueError, match="is a folder; pass a file path"):
+        sm.fit(small_model(), loss, jnp.zeros((8, 1)), optax.sgd(0.1), checkpoint=tmp_path, **run)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match="folder of `checkpoint`.*is a file"):
+        sm.fit(small_model(), loss, jnp.zeros((8, 1)), optax.sgd(0.1), checkpoint=tmp_path / "file" / "x.ckpt", **run)
+    assert traced == []
+
+
+def test_fit_compiles_once_for_the_same_structure_loss_optimizer_and_batch(gaussian_data):
+    """The loss is traced once per compilation: calls with freshly initialised models of one
+    structure, the same loss, optimiser and batch shape share it, whatever their `steps`, key
+    or chunking; another batch size compiles anew."""
+    traces = []
+
+    def loss(model, batch, key):
+        traces.append(batch.shape)
+        return DSM(model, batch, key)
+
+    opt = optax.adam(1e-3)
+    a, _ = sm.fit(small_model(), loss, gaussian_data, opt, steps=10, key=jax.random.key(0), batch_size=32,
+                  progress=False)
+    assert traces and set(traces) == {(32, 1)}
+    first = len(traces)
+    b, _ = sm.fit(sm.models.MLP(1, 16, 1, key=jax.random.key(7)), loss, gaussian_data, opt, steps=25,
+                  key=jax.random.key(1), batch_size=32, progress=False, chunk_size=4)
+    assert len(traces) == first and not leaves_equal(a, b)  # nothing traced, so nothing compiled
+    sm.fit(small_model(), loss, gaussian_data, opt, steps=10, key=jax.random.key(0), batch_size=16,
+           progress=False)
+    assert len(traces) > first and set(traces[first:]) == {(16, 1)}
 
 
 @pytest.mark.parametrize("kwargs,name", [
@@ -157,6 +278,18 @@ def test_checkpoint_resumes_exactly(tmp_path):
     ({"data": jnp.zeros((0, 1))}, "data"),
     ({"optimizer": "adam"}, "optimizer"),
     ({"batch_size": 3, "devices": [jax.devices()[0]] * 2}, "batch_size"),
+    ({"devices": []}, "devices"),
+    ({"devices": "cpu"}, "devices"),
+    ({"ema_decay": "0.9"}, "ema_decay"),
+    ({"model": lambda x: -x}, "model"),
+    ({"model": None}, "model"),
+    ({"loss_fn": "dsm"}, "loss_fn"),
+    ({"loss_fn": lambda m, b: jnp.sum(m.w)}, "loss_fn"),  # two arguments instead of three
+    ({"loss_fn": lambda m, b, k: m.w * jnp.mean(b)}, "loss_fn"),  # a vector, not a scalar
+    ({"data": jnp.zeros((4, 1), jnp.complex64)}, "data"),
+    ({"key": 0}, "key"),
+    ({"key": jax.random.split(jax.random.key(0), 2)}, "key"),
+    ({"optimizer": optax.GradientTransformation(lambda p: (), lambda g, s, p: None)}, "optimizer"),
 ])
 def test_bad_input_names_the_argument(kwargs, name):
     args = {"model": Linear([1.0]), "loss_fn": linear_loss, "data": jnp.zeros((4, 1)),
@@ -166,9 +299,37 @@ def test_bad_input_names_the_argument(kwargs, name):
         sm.fit(args.pop("model"), args.pop("loss_fn"), args.pop("data"), args.pop("optimizer"), **args)
 
 
-def test_chunk_size_helper_and_thin_history():
-    assert _chunk_size(100, 2) == 2 and _chunk_size(1000, 20) == 20 and _chunk_size(97, 10) == 10
-    assert _chunk_size(5, 50) == 5
+def test_huge_steps_are_refused_up_front():
+    with pytest.raises(ValueError, match="`steps` is too large"):
+        sm.fit(Linear([1.0]), linear_loss, jnp.zeros((4, 1)), optax.sgd(0.1), steps=10**13,
+               key=jax.random.key(0), progress=False)
+
+
+def nan_from_update(n: int):
+    """SGD whose learning rate turns NaN at update `n` (counting from 0)."""
+    return optax.sgd(lambda count: jnp.where(count >= n, jnp.nan, 1e-3))
+
+
+@pytest.mark.parametrize("optimizer,steps,ema_decay,message", [
+    (optax.sgd(float("inf")), 1, None, "weights became"),        # the only update is infinite
+    (nan_from_update(9), 10, None, "weights became"),            # only the last update is NaN: no loss sees it
+    (nan_from_update(9), 10, 0.9, "weights became"),             # the same, returning the moving average
+    (nan_from_update(4), 10, None, "weights became .* steps 0..4 of 10"),  # mid-run, the chunk's last update
+    (optax.sgd(1e30), 1, None, "loss became inf after the update of step 0"),  # finite weights, the loss overflows
+])
+def test_non_finite_weights_are_never_returned(optimizer, steps, ema_decay, message):
+    """Neither NaN/inf weights nor a model whose loss overflows after the last update."""
+    model = Linear([1.0, 2.0])
+
+    def loss(model, batch, key):  # sum(w^2): overflows float32 once |w| > 1.9e19
+        return jnp.sum(model.w**2) + 0.0 * jnp.mean(batch)
+
+    with pytest.raises(FloatingPointError, match=message):
+        sm.fit(model, loss, jnp.zeros((4, 1)), optimizer, steps=steps, key=jax.random.key(0),
+               progress=False, chunk_size=5, ema_decay=ema_decay)
+
+
+def test_thin_history():
     assert thin_history(np.arange(10.0), 5) == [0.5, 2.5, 4.5, 6.5, 8.5]
     assert len(thin_history(np.ones(1001), 200)) <= 200
     assert thin_history(np.array([2.0]), 200) == [2.0]

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._checks import check_sigmas
+from .._checks import as_real_scalar, check_noise_level, check_positive, check_sigmas
 
 
 class ScoreEnsemble(eqx.Module):
@@ -19,8 +19,8 @@ class ScoreEnsemble(eqx.Module):
     Looks like a noise-conditional model to the samplers: `ensemble(x, sigma)` evaluates the
     member whose sigma is nearest to `sigma` (in log). Member `i` sees the rescaled input
     `x / sqrt(sigma_i^2 + data_std^2)` and, with `scale_by_sigma=True`, its output is divided by
-    `sigma_i`, as in `NoiseConditionalMLP`. The multi-scale losses train all members in one
-    vmapped evaluation (`member_scores`).
+    `sigma_i`, as in `NoiseConditionalMLP`. `multiscale_denoising_score_matching` trains all
+    members in one vmapped evaluation, each at its own level (and refuses other levels).
 
     **Arguments:**
 
@@ -43,6 +43,9 @@ class ScoreEnsemble(eqx.Module):
         with jax.ensure_compile_time_eval():
             values = np.asarray(check_sigmas("sigmas", sigmas))
         self.sigma_values = tuple(float(v) for v in values)
+        if not callable(make_member):
+            raise ValueError(f"`make_member` must be callable, got {type(make_member).__name__}.")
+        check_positive("data_std", as_real_scalar("data_std", data_std))
         self.members = eqx.filter_vmap(make_member)(jax.random.split(key, len(self.sigma_values)))
         self.data_std = float(data_std)
         self.scale_by_sigma = bool(scale_by_sigma)
@@ -77,5 +80,6 @@ class ScoreEnsemble(eqx.Module):
     def __call__(self, x: Float[Array, " d"], sigma: Float[Array, ""]) -> Float[Array, " d"]:
         """The score at ONE point `x: (d,)` from the member whose sigma is nearest `sigma`."""
         sigma = jnp.asarray(sigma, dtype=self.sigmas.dtype)
+        check_noise_level("sigma", sigma, self.sigmas.dtype)
         i = jnp.argmin(jnp.abs(jnp.log(self.sigmas) - jnp.log(sigma)))
         return self._apply(self.member(i), x, self.sigmas[i])

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .._checks import check_positive_int
+from .._checks import as_real_scalar, check_noise_level, check_positive, check_positive_int
 
 
 def _check_input(x, dim: int, name: str = "x"):
@@ -85,8 +85,7 @@ class NoiseConditionalMLP(eqx.Module):
                  activation: Callable = jax.nn.silu, key: PRNGKeyArray):
         self.dim = check_positive_int("dim", dim)
         self.n_frequencies = check_positive_int("n_frequencies", n_frequencies)
-        if not data_std > 0:
-            raise ValueError(f"`data_std` must be positive, got {data_std!r}.")
+        check_positive("data_std", as_real_scalar("data_std", data_std))
         self.data_std = float(data_std)
         self.scale_by_sigma = bool(scale_by_sigma)
         in_size = self.dim + 2 * self.n_frequencies + 1
@@ -100,6 +99,7 @@ class NoiseConditionalMLP(eqx.Module):
         sigma = jnp.asarray(sigma, dtype=x.dtype)
         if sigma.shape != ():
             raise ValueError(f"`sigma` must be a scalar, got shape {tuple(sigma.shape)}.")
+        check_noise_level("sigma", sigma, x.dtype)
         x_in = x / jnp.sqrt(sigma**2 + self.data_std**2)
         h = jnp.concatenate([x_in, log_sigma_embedding(sigma, self.n_frequencies)])
         out = self.net(h)

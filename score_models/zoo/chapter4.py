@@ -17,7 +17,7 @@ import optax
 from .. import data as _data
 from .. import losses, metrics, models
 from ..noise import geometric_sigmas
-from ..sampling import annealed_langevin
+from ..samplers import annealed_langevin
 from ..training import fit
 from . import recipe
 
@@ -61,13 +61,13 @@ def sigmas(config: dict):
 
 
 def sample(model, config: dict, key, n: int):
-    """`n` annealed Langevin samples from `model` with the recipe's sampler settings, started
-    from `N(0, sigma_max^2 I)`."""
+    """`n` annealed Langevin samples `(n, 2)` from `model` with the recipe's sampler settings,
+    started from `N(0, sigma_max^2 I)` (the `samples` of the sampler's result)."""
     key_init, key_run = jax.random.split(key)
     x0 = config["sigmas"]["sigma_max"] * jax.random.normal(key_init, (n, 2), jnp.float32)
     s = config["sampling"]
     return annealed_langevin(model, x0, sigmas(config), key_run, eps=s["eps"],
-                             n_steps_each=s["n_steps_each"], denoise=s["denoise"])
+                             n_steps_each=s["n_steps_each"], denoise=s["denoise"]).samples
 
 
 def _build(config: dict):

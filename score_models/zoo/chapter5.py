@@ -28,27 +28,13 @@ import optax
 
 from .. import data as _data
 from .. import metrics, models
+from ..losses import continuous_denoising_score_matching
 from ..noise import geometric_sigmas
-from ..ode import probability_flow_ode
-from ..sampling import annealed_langevin
+from ..samplers import annealed_langevin, probability_flow_ode
 from ..training import fit
 from . import recipe
 
-
-def continuous_denoising_score_matching(sigma_min: float, sigma_max: float):
-    """Denoising score matching over the continuum of levels: each example draws `log sigma`
-    uniformly on `[log sigma_min, log sigma_max]`; loss `1/2 E ||sigma s(x + sigma z, sigma) +
-    z||^2` (weight `sigma^2`)."""
-    log_min, log_max = float(np.log(sigma_min)), float(np.log(sigma_max))
-
-    def loss_fn(model, batch, key):
-        key_s, key_z = jax.random.split(key)
-        sigma = jnp.exp(jax.random.uniform(key_s, (batch.shape[0],), batch.dtype, log_min, log_max))
-        z = jax.random.normal(key_z, batch.shape, batch.dtype)
-        s = jax.vmap(model)(batch + sigma[:, None] * z, sigma)
-        return 0.5 * jnp.mean(jnp.sum((sigma[:, None] * s + z) ** 2, axis=-1))
-
-    return loss_fn
+__all__ = ["CONFIG", "PF_TOL", "annealed_sigmas", "continuous_denoising_score_matching"]
 
 
 CONFIG = {
@@ -94,9 +80,9 @@ def _build(config: dict):
     sp = config["sampling"]
     samples = {
         "pf_ode": probability_flow_ode(model, x0, sigma_max=s["sigma_max"], sigma_min=s["sigma_min"],
-                                       rtol=1e-3, atol=1e-3),
+                                       rtol=1e-3, atol=1e-3).samples,
         "annealed": annealed_langevin(model, x0, annealed_sigmas(config), key_al, eps=sp["eps"],
-                                      n_steps_each=sp["n_steps_each"], denoise=sp["denoise"]),
+                                      n_steps_each=sp["n_steps_each"], denoise=sp["denoise"]).samples,
     }
     exact = lambda k, n: _data.dataset_2d(config["dataset"], k, n)  # noqa: E731
     out = {"final_loss": float(np.mean(history["loss"][-1000:]))}

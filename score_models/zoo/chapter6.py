@@ -24,8 +24,6 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import NamedTuple
-
 import diffrax
 import equinox as eqx
 import jax
@@ -41,8 +39,7 @@ from ..models import from_config
 from ..models.config import register
 from ..models.unet import UNet
 from ..noise import geometric_sigmas
-from ..ode import log_likelihood, probability_flow_ode
-from ..sampling import annealed_langevin
+from ..samplers import SamplerResult, annealed_langevin, log_likelihood, probability_flow_ode
 from ..training import fit
 from . import load, recipe
 
@@ -317,15 +314,6 @@ def _sampler_options(sampler: str, options: dict) -> dict:
     return {**SAMPLERS[sampler], **options}
 
 
-class Samples(NamedTuple):
-    """What `sample` returns."""
-
-    samples: Float[Array, "n 1 28 28"]  # unclipped; `images.to_pixels` clips
-    trajectory: Float[Array, "frames n 1 28 28"] | None  # starting noise, frames, then denoised
-    trajectory_sigmas: np.ndarray | None  # the noise level of each frame but the last
-    score_evals: int  # score evaluations per image
-
-
 def default_chunk_size() -> int | None:
     """Images per sampler call: 32 on a CPU, where a cache-sized batch runs the U-Net faster per
     image than hundreds at once; everything at once elsewhere."""
@@ -333,17 +321,17 @@ def default_chunk_size() -> int | None:
 
 
 def sample(model: UNet, key: PRNGKeyArray, n: int, *, sampler: str = "pf-ode",
-           trajectory_every: int | None = None, chunk_size: int | None | str = "auto", **options) -> Samples:
-    """`n` samples `(n, 1, 28, 28)` from the noise-conditional U-Net `model`.
+           trajectory_every: int | None = None, chunk_size: int | None | str = "auto", **options) -> SamplerResult:
+    """`n` samples `(n, 1, 28, 28)` from the noise-conditional U-Net `model`, as a `SamplerResult`.
 
     Starts from `N(data_mean, sigma_max^2 I)`, runs `sampler` (a key of `SAMPLERS`; `options`
     override its settings, unknown ones are an error) and ends with one Tweedie denoising step
     at the smallest level. `trajectory_every=k` also keeps the images every `k` Langevin steps
-    (`"annealed"`) or every `k` noise levels (`"pf-ode"`), plus the denoised result.
+    (`"annealed"`) or at every `k`-th noise level (`"pf-ode"`), and the denoised result.
 
     The images are sampled `chunk_size` at a time (`"auto"`: `default_chunk_size()`; None: all
     at once), chunk `i` with key `fold_in(key, i)`; every chunk has the same shape, so the
-    sampler compiles once.
+    sampler compiles once. The samples are not clipped (`images.to_pixels` clips them).
     """
     if not isinstance(model, UNet):
         raise ValueError(f"`model` must be a UNet, got {type(model).__name__}.")
@@ -356,44 +344,35 @@ def sample(model: UNet, key: PRNGKeyArray, n: int, *, sampler: str = "pf-ode",
     sigma_max, sigma_min = float(sigmas[0]), float(sigmas[-1])
 
     if sampler == "annealed":
-        steps = opts["n_levels"] * opts["n_steps_each"]
-        score_evals = steps + 1
-        frame_sigmas = None if every is None else np.repeat(np.asarray(sigmas), opts["n_steps_each"])[::every]
-
         def run(x0, k):
-            out = annealed_langevin(model, x0, sigmas, k, eps=opts["eps"], n_steps_each=opts["n_steps_each"],
-                                    denoise=True, trajectory_every=every)
-            return out if every is not None else (out, None)
+            return annealed_langevin(model, x0, sigmas, k, eps=opts["eps"], n_steps_each=opts["n_steps_each"],
+                                     denoise=True, trajectory_every=every)
     else:
-        score_evals = 2 * (opts["n_levels"] - 1) + 1
-        save = None if every is None else sigmas[::every]
-        frame_sigmas = None if save is None else np.asarray(save)
         controller = diffrax.StepTo(ts=sigmas)
+        save = None if every is None else sigmas[::every]
 
         def run(x0, k):
-            out = probability_flow_ode(model, x0, sigma_max=sigma_max, sigma_min=sigma_min, solver=diffrax.Heun(),
-                                       stepsize_controller=controller, dt0=None, save_sigmas=save)
-            x, traj = out if save is not None else (out, None)
-            x = _tweedie(model, x, sigma_min)
-            if traj is not None:
-                traj = jnp.concatenate([traj, x[None]])
-            return x, traj
+            return probability_flow_ode(model, x0, sigma_max=sigma_max, sigma_min=sigma_min, solver=diffrax.Heun(),
+                                        stepsize_controller=controller, save_sigmas=save, denoise=True)
 
-    runs = []
     n_chunks = -(-n // chunk)
+    runs = []
     for i in range(n_chunks):
-        k = jax.random.fold_in(key, i) if n_chunks > 1 else key
-        key_init, key_run = jax.random.split(k)
+        key_init, key_run = jax.random.split(jax.random.fold_in(key, i) if n_chunks > 1 else key)
         x0 = model.data_mean + sigma_max * jax.random.normal(key_init, (chunk, *model.image_shape))
         runs.append(run(x0, key_run))
-    x = jnp.concatenate([r[0] for r in runs])[:n]
-    trajectory = None if every is None else jnp.concatenate([r[1] for r in runs], axis=1)[:, :n]
-    return Samples(x, trajectory, frame_sigmas, score_evals)
+    return _concatenate(runs, n)
 
 
-@eqx.filter_jit
-def _tweedie(model, x, sigma):
-    return jax.vmap(model.denoise, in_axes=(0, None))(x, sigma)
+def _concatenate(runs: list[SamplerResult], n: int) -> SamplerResult:
+    """The results of the chunks as one, trimmed to `n` images."""
+    first = runs[0]
+    cat = lambda field, axis=0: None if getattr(first, field) is None else jnp.concatenate(  # noqa: E731
+        [getattr(r, field) for r in runs], axis=axis)[(slice(None),) * axis + (slice(0, n),)]
+    return SamplerResult(samples=cat("samples"), trajectory=cat("trajectory", 1),
+                         trajectory_sigmas=first.trajectory_sigmas, samples_before_denoise=cat("samples_before_denoise"),
+                         score_evals=first.score_evals, n_diverged=sum(int(r.n_diverged) for r in runs),
+                         stats=first.stats)
 
 
 # ----------------------------------------------------------------------------------------
@@ -487,10 +466,9 @@ def test_bits_per_dim(model: UNet, images_uint8, key: PRNGKeyArray, *, n_probes:
     for c in range(n // chunk_size):
         batch = jnp.asarray(y[c * chunk_size:(c + 1) * chunk_size])
         for p in range(n_probes):
-            logp, info = log_likelihood(model, batch, sigma_min=sigma_min, sigma_max=sigma_max,
-                                        key=jax.random.fold_in(key_probe, c * n_probes + p),
-                                        exact_divergence=False, n_probes=1, rtol=rtol, atol=atol,
-                                        return_info=True)
-            bits[c * chunk_size:(c + 1) * chunk_size, p] = mnist.bits_per_dim(logp, mnist.N_PIXELS)
-            evals[c, p] = info["nfe"]
+            result = log_likelihood(model, batch, sigma_min=sigma_min, sigma_max=sigma_max,
+                                    key=jax.random.fold_in(key_probe, c * n_probes + p),
+                                    exact_divergence=False, n_probes=1, rtol=rtol, atol=atol)
+            bits[c * chunk_size:(c + 1) * chunk_size, p] = mnist.bits_per_dim(result.log_prob, mnist.N_PIXELS)
+            evals[c, p] = result.score_evals
     return bits, evals

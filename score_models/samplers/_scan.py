@@ -1,5 +1,5 @@
-"""The loop shared by every stochastic sampler: a `lax.scan` over steps that can keep a thinned
-trajectory, and the final Tweedie denoising step."""
+"""The loop shared by the stochastic samplers: a `lax.scan` over steps that can keep a thinned
+trajectory, and the final Tweedie step inside a kernel."""
 
 from __future__ import annotations
 
@@ -30,9 +30,10 @@ def scan_with_trajectory(step: Callable, x0: Array, inputs: PyTree, every: int |
     return x, jnp.concatenate([x0[None], frames])
 
 
-def tweedie_denoise(batched_score: Callable, x: Array, sigma, trajectory: Array | None):
-    """Tweedie's formula at noise level `sigma`: `E[x_clean | x] = x + sigma^2 s(x, sigma)`.
-    Appends the result to `trajectory` when there is one."""
+def tweedie_step(batched_score: Callable, x: Array, sigma, trajectory: Array | None):
+    """Tweedie's formula at noise level `sigma`, `x + sigma^2 s(x, sigma)`, with `batched_score`
+    already vmapped over particles. Returns `(denoised, trajectory with the denoised particles
+    appended (or None))`."""
     x = x + sigma**2 * batched_score(x, sigma)
     if trajectory is not None:
         trajectory = jnp.concatenate([trajectory, x[None]])

@@ -1,0 +1,30 @@
+"""Samplers: every one returns a `SamplerResult`.
+
+- `langevin.py`: plain and annealed Langevin dynamics (one `lax.scan`);
+- `reverse.py`: the reverse-time VE SDE, Euler-Maruyama and predictor-corrector;
+- `ode.py`: the probability-flow ODE (diffrax) and the exact log-likelihood;
+- `tweedie.py`: Tweedie's denoising step, the optional last step of every sampler;
+- `result.py`: `SamplerResult`.
+
+They share argument names: `score_fn`, `x_init` (the starting particles, `(n, *shape)`), `key`,
+`denoise`, `trajectory_every` (the stochastic samplers; the PF-ODE saves at `save_sigmas`) and
+`throw`.
+"""
+
+from .langevin import annealed_langevin, langevin
+from .ode import LikelihoodResult, log_likelihood, probability_flow_ode
+from .result import SamplerResult
+from .reverse import predictor_corrector, reverse_sde
+from .tweedie import tweedie_denoise
+
+__all__ = [
+    "LikelihoodResult",
+    "SamplerResult",
+    "annealed_langevin",
+    "langevin",
+    "log_likelihood",
+    "predictor_corrector",
+    "probability_flow_ode",
+    "reverse_sde",
+    "tweedie_denoise",
+]
