@@ -208,11 +208,13 @@ class UNet(eqx.Module):
     head: Conv2d
     emb1: eqx.nn.Linear
     emb2: eqx.nn.Linear
-    down: list
-    downsample: list
-    mid: list
-    up: list
-    upsample: list
+    # Tuples, not lists: the model's static structure must be hashable (`fit` and `jax.jit`
+    # cache compilations by it).
+    down: tuple
+    downsample: tuple
+    mid: tuple
+    up: tuple
+    upsample: tuple
     out_norm: GroupNorm
     out_conv: Conv2d
     image_shape: tuple = eqx.field(static=True)
@@ -267,7 +269,7 @@ class UNet(eqx.Module):
         self.emb1 = eqx.nn.Linear(2 * self.n_frequencies + 1, emb_dim, key=next(keys))
         self.emb2 = eqx.nn.Linear(emb_dim, emb_dim, key=next(keys))
 
-        self.down, self.downsample = [], []
+        down, downsample = [], []
         skips = [channels[0]]
         c = channels[0]
         for i, ch in enumerate(channels):
@@ -276,27 +278,29 @@ class UNet(eqx.Module):
                 blocks.append(ResBlock(c, ch, emb_dim, groups, key=next(keys)))
                 c = ch
                 skips.append(c)
-            self.down.append(blocks)
+            down.append(tuple(blocks))
             if i < len(channels) - 1:
-                self.downsample.append(Conv2d(c, c, 3, stride=2, key=next(keys)))
+                downsample.append(Conv2d(c, c, 3, stride=2, key=next(keys)))
                 skips.append(c)
-        self.mid = [ResBlock(c, c, emb_dim, groups, key=next(keys))]
+        mid = [ResBlock(c, c, emb_dim, groups, key=next(keys))]
         if self.attention:
-            self.mid.append(Attention(c, groups, key=next(keys)))
-        self.mid.append(ResBlock(c, c, emb_dim, groups, key=next(keys)))
+            mid.append(Attention(c, groups, key=next(keys)))
+        mid.append(ResBlock(c, c, emb_dim, groups, key=next(keys)))
 
-        self.up, self.upsample = [], []
+        up, upsample = [], []
         for i, ch in reversed(list(enumerate(channels))):
             blocks = []
             for _ in range(self.n_res + 1):
                 blocks.append(ResBlock(c + skips.pop(), ch, emb_dim, groups, key=next(keys)))
                 c = ch
-            self.up.append(blocks)
+            up.append(tuple(blocks))
             if i > 0:
                 # Sub-pixel upsampling: a convolution at the low resolution to 4x the next
                 # level's channels, then a 2x2 pixel shuffle (4x cheaper than upsample-then-conv).
-                self.upsample.append(Conv2d(c, 4 * channels[i - 1], 3, key=next(keys)))
+                upsample.append(Conv2d(c, 4 * channels[i - 1], 3, key=next(keys)))
                 c = channels[i - 1]
+        self.down, self.downsample, self.mid = tuple(down), tuple(downsample), tuple(mid)
+        self.up, self.upsample = tuple(up), tuple(upsample)
         self.out_norm = GroupNorm(min(groups, c), c)
         self.out_conv = Conv2d(c, c_in, 3, zero=True, key=next(keys))
 
