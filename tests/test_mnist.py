@@ -487,6 +487,20 @@ def test_recipes_record_their_data():
         assert config["unet"] == zoo.get("mnist_unet").config and config["settings"] == chapter6.SAMPLERS[sampler]
 
 
+@pytest.mark.slow
+def test_gpu_recipe_trains_on_a_cpu(shared_mnist, tmp_path, monkeypatch):
+    """The GPU recipe, unchanged but for 2 steps of 8 images: it builds, trains, checkpoints
+    into the cache, saves and samples (the code path a GPU runs; 30-60 s on a CPU)."""
+    monkeypatch.setenv("SCORE_MODELS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("SCORE_MODELS_ARTIFACT_DIR", str(tmp_path / "artifacts"))
+    config = {**chapter6.GPU_UNET_CONFIG, "steps": 2, "batch_size": 8,
+              "optimizer": {**chapter6.GPU_UNET_CONFIG["optimizer"], "warmup_steps": 1}}
+    model = chapter6.train_and_save("gpu_smoke", config)
+    assert artifacts.load("gpu_smoke").channels == (64, 128, 128)
+    out = chapter6.sample(model, jax.random.key(0), 2, n_levels=3)
+    assert out.samples.shape == (2, 1, 28, 28) and out.n_diverged == 0
+
+
 def test_mnist_split(shared_mnist):
     x, y = chapter6.mnist_split(chapter6.TEST)
     assert x.shape == (10_000, 1, 28, 28) and y.shape == (10_000,)
