@@ -219,7 +219,7 @@ UNET_CONFIG = {
     "optimizer": {"name": "adam", "schedule": "warmup_cosine", "peak_lr": 2e-3, "warmup_steps": 200,
                   "end_lr": 1e-4},
     "ema_decay": 0.999,
-    "steps": 8000,
+    "steps": 5000,
     "batch_size": 64,
     "seed": 0,
 }
