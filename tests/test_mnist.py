@@ -19,6 +19,7 @@ from jax import lax
 
 import score_models as sm
 from score_models import artifacts, cli, images, mnist, zoo
+from score_models.models import Classifier, UNet
 from score_models.models.unet import Conv2d, GroupNorm
 from score_models.zoo import chapter6
 
@@ -596,3 +597,18 @@ def test_sharded_training_matches_one_device():
     # the summation order of the gradients; Adam would amplify float32 round-off in near-zero
     # gradients into sign flips of whole steps.
     assert result["param_rel_err"] < 1e-5
+
+
+@pytest.mark.parametrize("channels", [0, (), "32", (16.7, 32), (16,), (16, 32, 64)])
+def test_classifier_refuses_bad_channels(channels):
+    """Reliability cases 57-58: a wrong count or a non-integer width is an error naming `channels`
+    (it was an unpacking error, or 16.7 silently truncated to 16)."""
+    with pytest.raises(ValueError, match="`channels`"):
+        Classifier(channels=channels, key=jax.random.key(0))
+
+
+@pytest.mark.parametrize("channels", [0, (), "32", (32.5, 64), (32, -1)])
+def test_unet_refuses_bad_channels(channels):
+    """Reliability case 55: `UNet(channels=0)` was a TypeError ('int' object is not iterable)."""
+    with pytest.raises(ValueError, match="`channels`"):
+        UNet(channels=channels, key=jax.random.key(0))
