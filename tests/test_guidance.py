@@ -258,3 +258,183 @@ def test_inpaint_rejects_bad_input(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         sm.inpaint(**args)
+
+
+# ------------------------------------------------------------------------ models and losses
+
+GM2 = sm.GaussianMixture([[0.0, 1.5], [-1.3, -0.75], [1.3, -0.75]], [0.8, 0.8, 0.8], [0.5, 0.3, 0.2])
+LEVELS = sm.geometric_sigmas(6.0, 0.03, 10)
+
+
+class TemperedPosterior(eqx.Module):
+    """The exact class posterior of GM2 under noise, with its log-probabilities divided by a
+    temperature: a 'classifier' whose best temperature is 1."""
+
+    temperature: float
+
+    def __call__(self, x, sigma):
+        return GM2.class_log_posterior(x, sigma) / self.temperature
+
+
+class ExactConditional(eqx.Module):
+    """The exact class-conditional perturbed score of GM2 (label 3: unconditional), times a
+    factor: a class-conditional 'model' whose best factor is 1."""
+
+    factor: float
+
+    def __call__(self, x, sigma, label):
+        scores = jnp.stack([GM2.subset([k]).perturbed_score(x, sigma) for k in range(3)]
+                           + [GM2.perturbed_score(x, sigma)])
+        return self.factor * scores[label]
+
+
+def test_the_exact_posterior_minimises_the_noisy_classification_loss():
+    """Cross-entropy is a proper scoring rule: the exact posterior at every level beats the same
+    posterior made sharper or flatter (same batch, noise and levels for all three)."""
+    data = GM2.sample_labelled(jax.random.key(10), 20_000)
+    loss = jax.jit(sm.losses.noise_conditional_classification(LEVELS))
+    values = {t: float(loss(TemperedPosterior(t), data, jax.random.key(11))) for t in (0.8, 1.0, 1.25)}
+    assert values[1.0] < values[0.8] and values[1.0] < values[1.25], values
+    # ... and equals E[-log p_sigma(y | x + sigma z)] computed by hand with the loss's own draws
+    key_s, key_z = jax.random.split(jax.random.key(11))
+    sigma = LEVELS[jax.random.randint(key_s, (20_000,), 0, 10)]
+    noisy = data[0] + sigma[:, None] * jax.random.normal(key_z, data[0].shape)
+    by_hand = -jnp.mean(jax.vmap(GM2.class_log_posterior)(noisy, sigma)[jnp.arange(20_000), data[1]])
+    assert values[1.0] == pytest.approx(float(by_hand), rel=1e-5)
+
+
+def test_the_exact_scores_minimise_the_class_conditional_loss():
+    data = GM2.sample_labelled(jax.random.key(12), 20_000)
+    loss = jax.jit(sm.losses.class_conditional_denoising_score_matching(LEVELS, null_label=3, drop_probability=0.3))
+    values = {f: float(loss(ExactConditional(f), data, jax.random.key(13))) for f in (0.9, 1.0, 1.1)}
+    assert values[1.0] < values[0.9] and values[1.0] < values[1.1], values
+
+
+class LabelSpy(eqx.Module):
+    """NaN for the labels in `poison`, else the score of N(0, I) data."""
+
+    poison: tuple = eqx.field(static=True)
+
+    def __call__(self, x, sigma, label):
+        bad = jnp.any(jnp.asarray(self.poison) == label)
+        return jnp.where(bad, jnp.nan, -x / (1.0 + sigma**2))
+
+
+def test_label_dropout_replaces_labels_by_the_null_label():
+    data = GM2.sample_labelled(jax.random.key(14), 512)
+    def run(p, poison):
+        loss = sm.losses.class_conditional_denoising_score_matching(LEVELS, null_label=3, drop_probability=p)
+        return float(loss(LabelSpy(poison), data, jax.random.key(15)))
+    assert np.isfinite(run(1.0, (0, 1, 2))) and np.isnan(run(1.0, (3,)))  # every label dropped
+    assert np.isfinite(run(0.0, (3,))) and np.isnan(run(0.0, (0, 1, 2)))  # none dropped
+    assert np.isnan(run(0.2, (3,))) and np.isnan(run(0.2, (0, 1, 2)))  # some of each
+
+
+def test_conditional_models_shapes_labels_and_configs():
+    clf = sm.models.NoiseConditionalClassifier(2, 3, key=jax.random.key(0))
+    assert clf(jnp.ones(2), 0.5).shape == (3,)
+    cond = sm.models.ClassConditionalMLP(2, 3, width=16, depth=2, key=jax.random.key(1))
+    assert cond.null_label == 3 and cond(jnp.ones(2), 0.5, 3).shape == (2,)
+    np.testing.assert_array_equal(cond.with_label(None)(jnp.ones(2), 0.5), cond(jnp.ones(2), 0.5, 3))
+    np.testing.assert_array_equal(cond.with_label(1)(jnp.ones(2), 0.5), cond(jnp.ones(2), 0.5, 1))
+    assert not np.allclose(cond(jnp.ones(2), 0.5, 0), cond(jnp.ones(2), 0.5, 1))
+    for bad in (4, -1, 1.0, jnp.array([1, 2])):
+        with pytest.raises(ValueError, match="`label`"):
+            cond.with_label(bad)
+    config = sm.models.model_config("ClassConditionalMLP", dim=2, n_classes=3, width=16, depth=2)
+    rebuilt = sm.models.from_config(config, jax.random.key(1))
+    np.testing.assert_array_equal(rebuilt(jnp.ones(2), 0.5, 2), cond(jnp.ones(2), 0.5, 2))
+    with pytest.raises(ValueError, match="ONE example"):
+        clf(jnp.ones((4, 2)), 0.5)
+
+
+def test_class_log_likelihood_of_a_classifier():
+    x = jax.random.normal(jax.random.key(2), (10, 2))
+    ll = sm.samplers.class_log_likelihood(GM2.class_log_posterior, 2)
+    np.testing.assert_allclose(jax.vmap(ll, in_axes=(0, None))(x, 0.3),
+                               jax.vmap(GM2.class_log_posterior, in_axes=(0, None))(x, 0.3)[:, 2], rtol=1e-5)
+    for bad in (3, -1, 1.5, True):
+        with pytest.raises(ValueError, match="`label`"):
+            sm.samplers.class_log_likelihood(GM2.class_log_posterior, bad)
+    # a classifier that does not say how many classes it has: an out-of-range label is NaN, not clamped
+    unnamed = sm.samplers.class_log_likelihood(lambda x, s: GM2.class_log_posterior(x, s), 5)
+    assert np.isnan(float(eqx.filter_jit(unnamed)(x[0], 0.3)))
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: sm.losses.class_conditional_denoising_score_matching(LEVELS, null_label=-1), "`null_label`"),
+    (lambda: sm.losses.class_conditional_denoising_score_matching(LEVELS, null_label=3, drop_probability=1.5),
+     "`drop_probability`"),
+    (lambda: sm.losses.noise_conditional_classification(jnp.array([1.0, 2.0])), "strictly decreasing"),
+])
+def test_guidance_losses_reject_bad_settings(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_guidance_losses_reject_unlabelled_batches():
+    loss = sm.losses.noise_conditional_classification(LEVELS)
+    clf = sm.models.NoiseConditionalClassifier(2, 3, key=jax.random.key(0))
+    x = jnp.ones((8, 2))
+    with pytest.raises(ValueError, match="pair"):
+        loss(clf, x, jax.random.key(0))
+    with pytest.raises(ValueError, match="`labels` must be integers"):
+        loss(clf, (x, jnp.ones(8)), jax.random.key(0))
+
+
+# ------------------------------------------------------------------------ image models
+
+TINY_UNET = {"type": "UNet", "image_shape": [1, 8, 8], "channels": [8, 16], "n_res": 1, "patch": 2,
+             "attention": False, "emb_dim": 16, "n_frequencies": 4, "groups": 4, "data_mean": 0.1, "data_std": 0.3}
+
+
+def test_a_new_class_conditional_unet_is_its_unet_for_every_label():
+    model = sm.models.from_config({"type": "ClassConditionalUNet", "unet": TINY_UNET, "n_classes": 3},
+                                  jax.random.key(0))
+    # give the U-Net a non-zero output layer (it starts at zero) so that outputs differ
+    model = eqx.tree_at(lambda m: m.unet.out_conv.weight, model,
+                        0.1 * jax.random.normal(jax.random.key(1), model.unet.out_conv.weight.shape))
+    x = jax.random.normal(jax.random.key(2), (1, 8, 8))
+    base = model.unet(x, 0.7)
+    for label in range(4):
+        np.testing.assert_allclose(model(x, 0.7, label), base, rtol=1e-6, atol=1e-6)
+    assert model.null_label == 3 and model.image_shape == (1, 8, 8)
+    trained = eqx.tree_at(lambda m: m.label_embedding, model,
+                          jax.random.normal(jax.random.key(3), model.label_embedding.shape))
+    assert not np.allclose(trained(x, 0.7, 0), trained(x, 0.7, 1))
+    np.testing.assert_array_equal(trained.with_label(None)(x, 0.7), trained(x, 0.7, 3))
+    # the label embedding is trained by the class-conditional loss
+    data = (jnp.tile(x, (4, 1, 1, 1)), jnp.array([0, 1, 2, 0]))
+    loss = sm.losses.class_conditional_denoising_score_matching(jnp.array([1.0, 0.1]), null_label=3,
+                                                                drop_probability=0.0)
+    grads = eqx.filter_grad(loss)(model, data, jax.random.key(4))
+    assert np.any(np.asarray(grads.label_embedding[:3]) != 0) and np.all(grads.label_embedding[3] == 0)
+    with pytest.raises(ValueError, match="`label`"):
+        model(x, 0.7, 4)
+    with pytest.raises(ValueError, match="config of a UNet"):
+        sm.models.ClassConditionalUNet({"type": "MLP", "dim": 2}, 3, key=jax.random.key(0))
+
+
+def test_noise_conditional_cnn_classifies_one_noisy_image():
+    clf = sm.models.NoiseConditionalCNN((1, 8, 8), channels=(4, 8), n_features=16, n_classes=3,
+                                        key=jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (1, 8, 8))
+    assert clf(x, 0.5).shape == (3,)
+    assert not np.allclose(clf(x, 0.5), clf(x, 5.0))  # the level enters
+    ll = sm.samplers.class_log_likelihood(clf, 2)
+    g = jax.grad(ll)(x, 0.5)
+    assert g.shape == x.shape and np.all(np.isfinite(g)) and np.any(g != 0)
+    with pytest.raises(ValueError, match="ONE image"):
+        clf(jnp.ones((2, 1, 8, 8)), 0.5)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        sm.models.NoiseConditionalCNN((1, 6, 6), key=jax.random.key(0))
+
+
+def test_mnist_guided_score_checks_its_arguments_before_loading_anything():
+    from score_models.zoo import chapter7
+
+    with pytest.raises(ValueError, match="`kind`"):
+        chapter7.mnist_guided_score("both", 3, 1.0)
+    for bad in (10, -1, 2.0, True):
+        with pytest.raises(ValueError, match="`digit`"):
+            chapter7.mnist_guided_score("free", bad, 1.0)

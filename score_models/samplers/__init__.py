@@ -13,7 +13,15 @@ They share argument names: `score_fn`, `x_init` (the starting particles, `(n, *s
 `throw`.
 """
 
-from .guidance import ClassifierFreeScore, GuidedScore, classifier_free_score, guided_score, inpaint
+from .guidance import (
+    ClassifierFreeScore,
+    ClassLogLikelihood,
+    GuidedScore,
+    class_log_likelihood,
+    classifier_free_score,
+    guided_score,
+    inpaint,
+)
 from .langevin import annealed_langevin, langevin
 from .ode import LikelihoodResult, log_likelihood, probability_flow_ode
 from .result import SamplerResult
@@ -21,11 +29,13 @@ from .reverse import predictor_corrector, reverse_sde
 from .tweedie import tweedie_denoise
 
 __all__ = [
+    "ClassLogLikelihood",
     "ClassifierFreeScore",
     "GuidedScore",
     "LikelihoodResult",
     "SamplerResult",
     "annealed_langevin",
+    "class_log_likelihood",
     "classifier_free_score",
     "guided_score",
     "inpaint",

@@ -14,7 +14,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Bool, Float, PRNGKeyArray
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from .._checks import (
     as_float_array,
@@ -34,7 +34,8 @@ from .._checks import (
 from ._scan import scan_with_trajectory, tweedie_step
 from .result import SamplerResult, finish, frame_sigmas
 
-__all__ = ["GuidedScore", "ClassifierFreeScore", "classifier_free_score", "guided_score", "inpaint"]
+__all__ = ["ClassLogLikelihood", "ClassifierFreeScore", "GuidedScore", "class_log_likelihood",
+           "classifier_free_score", "guided_score", "inpaint"]
 
 
 def _check_scale(scale) -> Array:
@@ -89,6 +90,45 @@ def guided_score(score_fn: Callable, log_likelihood: Callable, *, scale: float =
     check_callable("score_fn", score_fn)
     check_callable("log_likelihood", log_likelihood)
     return GuidedScore(score_fn, log_likelihood, _check_scale(scale))
+
+
+class ClassLogLikelihood(eqx.Module):
+    """`(x, sigma) -> log_softmax(classifier(x, sigma))[label]`: the log-likelihood of one class
+    under a classifier of noisy examples, for `guided_score`. `label` is an array leaf, so one
+    compiled sampler serves every class."""
+
+    classifier: Callable
+    label: Int[Array, ""]
+
+    def __call__(self, x: Float[Array, "*shape"], sigma) -> Float[Array, ""]:
+        """`log p_sigma(label | x)` at ONE example `x` (NaN for a label beyond the classifier's
+        classes, so that a sampler stops with an error instead of guiding to a clamped class)."""
+        log_p = jax.nn.log_softmax(self.classifier(x, sigma))
+        return jnp.take(log_p, self.label, mode="fill", fill_value=jnp.nan)
+
+
+def class_log_likelihood(classifier: Callable, label: int) -> ClassLogLikelihood:
+    """The `log_likelihood` of class `label` for `guided_score`: `(x, sigma) ->
+    log_softmax(classifier(x, sigma))[label]`, where `classifier(x, sigma)` returns the logits
+    (or log-probabilities: `log_softmax` leaves those unchanged) of ONE noisy example.
+
+    **Arguments:**
+
+    - `classifier`: `(x, sigma) -> (n_classes,)` logits, e.g. a `NoiseConditionalClassifier`
+      or the exact `GaussianMixture.class_log_posterior`.
+    - `label`: the class, an integer in `[0, n_classes)` (checked against the classifier's
+      `n_classes`, or a mixture's `n_components`, where it has one).
+    """
+    check_callable("classifier", classifier)
+    label_arr = np.asarray(label) if is_concrete(label) else label
+    if is_concrete(label) and (label_arr.shape != () or not np.issubdtype(label_arr.dtype, np.integer)
+                               or isinstance(label, (bool, np.bool_)) or label_arr < 0):
+        raise ValueError(f"`label` must be a non-negative integer, got {label!r}.")
+    owner = getattr(classifier, "__self__", classifier)  # a bound method: its module
+    n_classes = getattr(owner, "n_classes", getattr(owner, "n_components", None))
+    if is_concrete(label) and isinstance(n_classes, int) and label_arr >= n_classes:
+        raise ValueError(f"`label` must lie in [0, {n_classes}), the classifier's classes; got {int(label_arr)}.")
+    return ClassLogLikelihood(classifier, jnp.asarray(label, jnp.int32))
 
 
 class ClassifierFreeScore(eqx.Module):
