@@ -438,3 +438,78 @@ def test_mnist_guided_score_checks_its_arguments_before_loading_anything():
     for bad in (10, -1, 2.0, True):
         with pytest.raises(ValueError, match="`digit`"):
             chapter7.mnist_guided_score("free", bad, 1.0)
+
+
+# ------------------------------------------------------------------------ the command line
+
+def _run_cli(capsys, *argv):
+    from score_models import cli
+
+    rc = cli.main(list(argv))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--digit", "10"], "`--digit` must be an integer in [0, 9]"),
+    (["--scale", "2"], "give `--digit` too"),
+    (["--guidance", "classifier"], "give `--digit` too"),
+    (["--digit", "3", "--sampler", "pf-ode"], "drop `--sampler`"),
+    (["--digit", "3", "--scale", "nan"], "`--scale` must be a finite number"),
+])
+def test_guided_sampling_checks_its_arguments_before_loading(tmp_path, capsys, monkeypatch, argv, message):
+    from score_models import zoo
+
+    looked = []
+    monkeypatch.setattr(zoo, "check", lambda name: looked.append(name))
+    rc, _, err = _run_cli(capsys, "sample", "mnist", "--out", str(tmp_path / "x.npy"), *argv)
+    assert rc == 2 and message in err and looked == []
+
+
+@pytest.fixture
+def guided_registry(artifact_dir, monkeypatch):
+    """The three MNIST guidance recipes, tiny and recording any attempt to train them."""
+    from score_models import zoo
+
+    calls = []
+    tiny = {"type": "ClassConditionalUNet", "unet": {**TINY_UNET, "image_shape": [1, 28, 28]}, "n_classes": 10}
+    configs = {"guide_mnist_conditional": {"model": tiny, "seed": 0},
+               "mnist_unet": {"model": {**TINY_UNET, "image_shape": [1, 28, 28]}, "seed": 0},
+               "guide_mnist_classifier": {"model": {"type": "NoiseConditionalCNN", "channels": [2, 2],
+                                                    "n_features": 4}, "seed": 0}}
+    recipes = {name: zoo.Recipe(name, 7, name, config, lambda c: calls.append(c)) for name, config in configs.items()}
+    monkeypatch.setattr(zoo, "_RECIPES", recipes)
+    return calls
+
+
+def test_guided_sampling_never_trains_a_missing_model(guided_registry, tmp_path, capsys):
+    rc, _, err = _run_cli(capsys, "sample", "mnist", "--digit", "3", "--out", str(tmp_path / "x.npy"))
+    assert rc == 2 and "guide_mnist_conditional is missing" in err and guided_registry == []
+    rc, _, err = _run_cli(capsys, "sample", "mnist", "--digit", "3", "--guidance", "classifier",
+                          "--out", str(tmp_path / "x.npy"))
+    assert rc == 2 and "mnist_unet is missing" in err and guided_registry == []
+
+
+@pytest.mark.parametrize("guidance", [None, "classifier"])
+def test_guided_sampling_builds_the_guided_score_of_the_digit(guided_registry, tmp_path, capsys, monkeypatch,
+                                                             guidance):
+    from score_models import zoo
+    from score_models.zoo import chapter7
+
+    for name in ("guide_mnist_conditional", "mnist_unet", "guide_mnist_classifier"):
+        config = zoo.get(name).config
+        sm.artifacts.save(name, sm.models.from_config(config["model"], jax.random.key(0)), config)
+    seen = []
+    monkeypatch.setattr(chapter7, "sample_mnist", lambda score_fn, key, n: seen.append(score_fn) or jnp.zeros((n, 1, 28, 28)))
+    extra = [] if guidance is None else ["--guidance", guidance, "--scale", "3"]
+    rc, out, err = _run_cli(capsys, "sample", "mnist", "--digit", "7", "--n", "2", "--out", str(tmp_path / "x.npy"), *extra)
+    assert rc == 0, err
+    assert np.load(tmp_path / "x.npy").shape == (2, 28, 28) and guided_registry == []
+    (score_fn,) = seen
+    if guidance is None:
+        assert isinstance(score_fn, sm.samplers.ClassifierFreeScore) and "classifier-free" in out
+        assert int(score_fn.conditional.label) == 7 and int(score_fn.unconditional.label) == 10
+        assert float(score_fn.scale) == chapter7.CLI_SCALE["free"]
+    else:
+        assert isinstance(score_fn, sm.samplers.GuidedScore) and int(score_fn.log_likelihood.label) == 7
+        assert float(score_fn.scale) == 3.0

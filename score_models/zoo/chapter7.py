@@ -235,9 +235,9 @@ def build_classifier_mnist(config):
 
 CONDITIONAL_MNIST = {
     "base": {"artifact": "mnist_unet", "config": chapter6.UNET_CONFIG},
+    "model": {"type": "ClassConditionalUNet", "unet": chapter6.UNET_CONFIG["model"], "n_classes": 10},
     "data": chapter6.TRAIN,
     "sigmas": LADDER,
-    "n_classes": 10,
     "loss": "class_conditional_denoising_score_matching",
     "drop_probability": 0.2,
     "optimizer": {"name": "adam", "schedule": "warmup_cosine", "peak_lr": 5e-4, "warmup_steps": 100, "end_lr": 1e-5},
@@ -254,8 +254,7 @@ def build_conditional_mnist(config):
     x, y = _mnist_data(config["data"])
     base = load(config["base"]["artifact"])
     k_model, k_fit = jax.random.split(jax.random.key(config["seed"]))
-    model = models.ClassConditionalUNet(dict(config["base"]["config"]["model"]), config["n_classes"], key=k_model)
-    model = eqx.tree_at(lambda m: m.unet, model, base)
+    model = eqx.tree_at(lambda m: m.unet, models.from_config(config["model"], k_model), base)
     loss = losses.class_conditional_denoising_score_matching(ladder(config), null_label=model.null_label,
                                                              drop_probability=config["drop_probability"])
     model, history = fit(model, loss, (x, y), _warmup_cosine(config["optimizer"], config["steps"]),
