@@ -140,7 +140,7 @@ def _sample_digit(args, out: Path, png: Path | None) -> int:
     import jax
     import numpy as np
 
-    from . import artifacts, mnist, zoo
+    from . import artifacts, images, zoo
     from .zoo import chapter7
 
     kind = args.guidance or "free"
@@ -157,13 +157,13 @@ def _sample_digit(args, out: Path, png: Path | None) -> int:
                                            classifier=loaded.get("guide_mnist_classifier"),
                                            conditional=loaded.get("guide_mnist_conditional"))
     t0 = time.perf_counter()
-    images = mnist.to_pixels(chapter7.sample_mnist(score_fn, jax.random.key(args.seed), args.n))
-    np.save(out, images)
+    pixels = images.to_pixels(chapter7.sample_mnist(score_fn, jax.random.key(args.seed), args.n))
+    np.save(out, pixels)
     print(f"{args.n} samples of digit {args.digit} ({'classifier-free' if kind == 'free' else 'classifier'} "
           f"guidance, scale {scale:g}, seed {args.seed}) in {time.perf_counter() - t0:.1f} s: "
-          f"{out} float32 {images.shape} in [0, 1]")
+          f"{out} float32 {pixels.shape} in [0, 1]")
     if png is not None:
-        mnist.save_png(images, png, ncol=min(16, args.n))
+        images.save_png(pixels, png, ncol=min(16, args.n))
         print(f"grid: {png}")
     return 0
 

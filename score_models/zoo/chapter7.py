@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 from .. import losses, models
+from ..images import to_uint8
 from ..distributions import GaussianMixture
 from ..noise import geometric_sigmas
 from ..training import fit
@@ -173,7 +174,7 @@ def ladder(config: dict) -> jax.Array:
 
 
 def _mnist_data(spec: dict):
-    return chapter6.mnist_range(spec)
+    return chapter6.mnist_split(spec)
 
 
 def _warmup_cosine(opt: dict, steps: int):
@@ -183,7 +184,8 @@ def _warmup_cosine(opt: dict, steps: int):
 
 CLASSIFIER_MNIST = {
     "data": chapter6.TRAIN,
-    "held_out": chapter6.HELD_OUT,
+    "held_out": chapter6.TEST,
+    "n_held_out": 2000,
     "sigmas": LADDER,
     "model": {"type": "NoiseConditionalCNN", "image_shape": [1, 28, 28], "channels": [16, 32], "n_features": 128,
               "n_classes": 10, "n_frequencies": 8, "emb_dim": 64, "data_mean": 0.13, "data_std": 0.31},
@@ -220,6 +222,7 @@ def _logits(classifier, x, sigma):
 def build_classifier_mnist(config):
     x, y = _mnist_data(config["data"])
     x_held, y_held = _mnist_data(config["held_out"])
+    x_held, y_held = x_held[:config["n_held_out"]], y_held[:config["n_held_out"]]
     k_model, k_fit, k_eval = jax.random.split(jax.random.key(config["seed"]), 3)
     model = models.from_config(config["model"], key=k_model)
     sigmas = ladder(config)
@@ -315,34 +318,7 @@ def sample_mnist(score_fn, key, n: int, *, chunk_size: int = 32, sampling: dict 
 
 # ----------------------------------------------------------------------------------------
 # Cached MNIST results: guided sample sets and inpainted digits, stored as 8-bit images
-
-
-@models.config.register
-class GuidanceResults(eqx.Module):
-    """Named arrays stored as an artifact (a chapter's cached results). `spec` maps each name to
-    `[shape, dtype]`; the constructor makes zeros of that spec, the skeleton `artifacts.load`
-    reads the stored values into."""
-
-    arrays: dict
-
-    def __init__(self, spec: dict, *, key=None):
-        self.arrays = {name: jnp.zeros(tuple(shape), dtype) for name, (shape, dtype) in spec.items()}
-
-    def filled(self, **arrays) -> "GuidanceResults":
-        """A copy holding `arrays` (each with the name, shape and dtype of the spec)."""
-        for name, value in arrays.items():
-            want = self.arrays.get(name)
-            if want is None or np.shape(value) != want.shape or np.asarray(value).dtype != want.dtype:
-                raise ValueError(f"Array {name!r} must match the spec "
-                                 f"{None if want is None else (want.shape, want.dtype)}, got {np.shape(value)} "
-                                 f"{np.asarray(value).dtype}.")
-        return eqx.tree_at(lambda r: r.arrays, self, {**self.arrays, **{k: jnp.asarray(v) for k, v in arrays.items()}})
-
-
-def to_uint8(x) -> np.ndarray:
-    """Images `(n, 1, 28, 28)` as the nearest of 256 grey levels after clipping to [0, 1], `(n, 28, 28)`."""
-    x = np.clip(np.asarray(x, np.float32).reshape(-1, 28, 28), 0.0, 1.0)
-    return np.rint(x * 255.0).astype(np.uint8)
+# (`chapter6.ResultArrays`, `images.to_uint8`)
 
 
 SCALES_MNIST = [1.0, 2.0, 4.0, 8.0]
@@ -355,7 +331,7 @@ def _sweep_config(kind: str) -> dict:
     shape = [len(SCALES_MNIST), 10, N_PER_DIGIT, 28, 28]
     return {"guidance": kind, **models_used, "sigmas": LADDER, "sampling": SAMPLING_MNIST,
             "scales": SCALES_MNIST, "n_per_digit": N_PER_DIGIT, "seed": 7,
-            "model": {"type": "GuidanceResults", "spec": {"pixels": [shape, "uint8"]}}}
+            "model": {"type": "ResultArrays", "spec": {"pixels": [shape, "uint8"]}}}
 
 
 def _build_sweep(config):
@@ -390,13 +366,13 @@ for _kind, _title in (("classifier", "classifier guidance"), ("free", "classifie
 # chapter 6's U-Net.
 INPAINT_MNIST = {
     "unet": chapter6.UNET_CONFIG,
-    "data": chapter6.HELD_OUT,
+    "data": chapter6.TEST,
     "n_images": 200,
     "known_rows": [0, 14],
     "sigmas": LADDER,
     "sampling": SAMPLING_MNIST,
     "seed": 8,
-    "model": {"type": "GuidanceResults", "spec": {"pixels": [[200, 28, 28], "uint8"]}},
+    "model": {"type": "ResultArrays", "spec": {"pixels": [[200, 28, 28], "uint8"]}},
 }
 
 
