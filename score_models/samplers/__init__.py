@@ -4,6 +4,8 @@
 - `reverse.py`: the reverse-time VE SDE, Euler-Maruyama and predictor-corrector;
 - `ode.py`: the probability-flow ODE (diffrax) and the exact log-likelihood;
 - `tweedie.py`: Tweedie's denoising step, the optional last step of every sampler;
+- `guidance.py`: guided score functions (classifier and classifier-free guidance) and
+  inpainting by replacement;
 - `result.py`: `SamplerResult`.
 
 They share argument names: `score_fn`, `x_init` (the starting particles, `(n, *shape)`), `key`,
@@ -11,6 +13,15 @@ They share argument names: `score_fn`, `x_init` (the starting particles, `(n, *s
 `throw`.
 """
 
+from .guidance import (
+    ClassifierFreeScore,
+    ClassLogLikelihood,
+    GuidedScore,
+    class_log_likelihood,
+    classifier_free_score,
+    guided_score,
+    inpaint,
+)
 from .langevin import annealed_langevin, langevin
 from .ode import LikelihoodResult, log_likelihood, probability_flow_ode
 from .result import SamplerResult
@@ -18,9 +29,16 @@ from .reverse import predictor_corrector, reverse_sde
 from .tweedie import tweedie_denoise
 
 __all__ = [
+    "ClassLogLikelihood",
+    "ClassifierFreeScore",
+    "GuidedScore",
     "LikelihoodResult",
     "SamplerResult",
     "annealed_langevin",
+    "class_log_likelihood",
+    "classifier_free_score",
+    "guided_score",
+    "inpaint",
     "langevin",
     "log_likelihood",
     "predictor_corrector",
