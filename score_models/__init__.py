@@ -18,14 +18,16 @@ from .samplers import (
     reverse_sde,
     tweedie_denoise,
 )
-from .sde import VESDE
+from .sde import SDE, VESDE, VPSDE
 from .training import fit
 
 __all__ = [
     "GaussianMixture",
     "LikelihoodResult",
     "SamplerResult",
+    "SDE",
     "VESDE",
+    "VPSDE",
     "annealed_langevin",
     "artifacts",
     "data",
