@@ -4,13 +4,15 @@ kernels."""
 
 __version__ = "0.1.0"
 
-from . import artifacts, data, losses, metrics, models, plotting, samplers, zoo
+from . import artifacts, conversions, data, losses, metrics, models, plotting, samplers, zoo
 from .distributions import GaussianMixture
 from .noise import geometric_sigmas
 from .samplers import (
     LikelihoodResult,
     SamplerResult,
     annealed_langevin,
+    edm_sampler,
+    edm_sigmas,
     langevin,
     log_likelihood,
     predictor_corrector,
@@ -30,7 +32,10 @@ __all__ = [
     "VPSDE",
     "annealed_langevin",
     "artifacts",
+    "conversions",
     "data",
+    "edm_sampler",
+    "edm_sigmas",
     "fit",
     "geometric_sigmas",
     "langevin",

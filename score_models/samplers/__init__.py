@@ -1,8 +1,10 @@
 """Samplers: every one returns a `SamplerResult`.
 
 - `langevin.py`: plain and annealed Langevin dynamics (one `lax.scan`);
-- `reverse.py`: the reverse-time VE SDE, Euler-Maruyama and predictor-corrector;
+- `reverse.py`: the reverse-time SDE (VE or VP), Euler-Maruyama and predictor-corrector;
 - `ode.py`: the probability-flow ODE (diffrax) and the exact log-likelihood;
+- `edm.py`: Euler (DDIM) and Heun steps of the PF-ODE on a fixed schedule (`edm_sigmas`),
+  with optional churn (Karras et al. 2022);
 - `tweedie.py`: Tweedie's denoising step, the optional last step of every sampler;
 - `result.py`: `SamplerResult`.
 
@@ -11,6 +13,7 @@ They share argument names: `score_fn`, `x_init` (the starting particles, `(n, *s
 `throw`.
 """
 
+from .edm import edm_sampler, edm_sigmas
 from .langevin import annealed_langevin, langevin
 from .ode import LikelihoodResult, log_likelihood, probability_flow_ode
 from .result import SamplerResult
@@ -21,6 +24,8 @@ __all__ = [
     "LikelihoodResult",
     "SamplerResult",
     "annealed_langevin",
+    "edm_sampler",
+    "edm_sigmas",
     "langevin",
     "log_likelihood",
     "predictor_corrector",
