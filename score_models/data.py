@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from ._checks import check_positive_int
+from ._checks import as_float_array, check_finite, check_positive_int
 from .distributions import GaussianMixture
 
 # ----------------------------------------------------------------------------------------
@@ -102,6 +102,39 @@ def dataset_2d(name: str, key: PRNGKeyArray, n: int) -> Float[Array, "n 2"]:
     if name == "gaussians":
         return gaussian_mixture_2d().sample(key, check_positive_int("n", n))
     raise ValueError(f"`name` must be one of {DATASETS_2D}, got {name!r}.")
+
+
+def two_moons_distances(x: Float[Array, "n 2"]) -> Float[Array, "n 2"]:
+    """Distances of points to the two noiseless moons of `two_moons`, `(n, 2)`: column 0 to the
+    upper half circle, column 1 to the lower one.
+
+    `x: (n, 2)` is in the standardised coordinates that `two_moons` returns; the distances are
+    measured in the moons' own coordinates, before standardisation, where each moon is a half
+    circle of radius 1 and a sample lies about `noise` (0.05 by default) from its moon. Past the
+    end of an arc the distance is to the nearer end point. The nearer moon (`argmin` over the
+    columns) labels a point; the smaller distance says how far it is from the data."""
+    x = as_float_array("x", x, ndim=2)
+    if x.shape[1] != 2:
+        raise ValueError(f"`x` must have shape (n, 2), got {tuple(x.shape)}.")
+    check_finite("x", x)
+    return _two_moons_distances(x)
+
+
+@jax.jit
+def _two_moons_distances(x):
+    # Undo the standardisation of `two_moons` (mean and per-axis std of the noiseless moons).
+    raw = x * jnp.array([0.8660, 0.4942]) + jnp.array([0.5, 0.25])
+    ends = jnp.array([[1.0, 0.0], [-1.0, 0.0]])
+
+    def to_arc(v, side):
+        """Distance of `v` (relative to the arc's centre) to the unit half circle on `side`."""
+        on_arc = side * v[:, 1] >= 0
+        to_end = jnp.min(jnp.linalg.norm(v[:, None, :] - ends, axis=-1), axis=1)
+        return jnp.where(on_arc, jnp.abs(jnp.linalg.norm(v, axis=1) - 1.0), to_end)
+
+    upper = to_arc(raw, 1.0)                                 # centre (0, 0), y >= 0
+    lower = to_arc(raw - jnp.array([1.0, 0.5]), -1.0)        # centre (1, 0.5), y <= 0.5
+    return jnp.stack([upper, lower], axis=1).astype(x.dtype)
 
 
 # ----------------------------------------------------------------------------------------
