@@ -14,12 +14,13 @@ import struct
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ._checks import as_float_array, check_finite, check_positive_int
 from .distributions import GaussianMixture
@@ -139,6 +140,10 @@ def _two_moons_distances(x):
 
 # ----------------------------------------------------------------------------------------
 # MNIST
+#
+# A file is verified by the sha256 of its DECOMPRESSED content, which does not depend on how it
+# was gzipped: a canonical download and a recompressed copy of the same data both pass (the gz
+# bytes differ by the gzip header: name, time stamp, compression level), anything else fails.
 
 MNIST_MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -146,14 +151,18 @@ MNIST_MIRRORS = (
     "http://yann.lecun.com/exdb/mnist/",
 )
 
-# file name -> (size in bytes, sha256) of the canonical gzipped IDX files.
+# file name -> (size in bytes, sha256) of the DECOMPRESSED IDX content.
 MNIST_FILES = {
-    "train-images-idx3-ubyte.gz": (9912422, "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
-    "train-labels-idx1-ubyte.gz": (28881, "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
-    "t10k-images-idx3-ubyte.gz": (1648877, "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
-    "t10k-labels-idx1-ubyte.gz": (4542, "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
+    "train-images-idx3-ubyte.gz": (47040016, "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
+    "train-labels-idx1-ubyte.gz": (60008, "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
+    "t10k-images-idx3-ubyte.gz": (7840016, "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
+    "t10k-labels-idx1-ubyte.gz": (10008, "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
 }
-_SPLIT_PREFIX = {"train": "train", "test": "t10k"}
+MNIST_SPLITS = {"train": "train", "test": "t10k"}  # split -> file prefix
+
+
+class MNISTFileError(ValueError):
+    """An MNIST file whose decompressed content is not the expected one (or not gzip at all)."""
 
 
 def data_dir() -> Path:
@@ -161,19 +170,29 @@ def data_dir() -> Path:
     return Path(os.environ.get("SCORE_MODELS_DATA", Path.home() / ".cache" / "score_models"))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def _verified_content(name: str, path: Path) -> bytes:
+    """The decompressed content of the gzipped file at `path`, checked against `MNIST_FILES[name]`.
+
+    Raises `MNISTFileError` naming the file, what it holds and what was expected."""
+    size, sha = MNIST_FILES[name]
+    try:
+        raw = gzip.decompress(Path(path).read_bytes())
+    except (OSError, EOFError, zlib.error) as e:
+        raise MNISTFileError(f"MNIST file {path} is not a valid gzip file ({e}).") from e
+    got = hashlib.sha256(raw).hexdigest()
+    if len(raw) != size or got != sha:
+        raise MNISTFileError(
+            f"MNIST file {path} does not hold {name}: its decompressed content is {len(raw)} bytes "
+            f"with sha256 {got}, expected {size} bytes with sha256 {sha}. (Any gzip compression "
+            f"of the right content passes.) Delete it to download it again."
+        )
+    return raw
 
 
 def _download(name: str, dest: Path, mirrors=None) -> None:
-    """Downloads `name` into `dest` atomically (temp file, verify, rename), trying `mirrors`
-    (default: `MNIST_MIRRORS`, looked up at call time) in order."""
+    """Downloads `name` into `dest` atomically (temp file in the same folder, verify, rename),
+    trying `mirrors` (default: `MNIST_MIRRORS`, looked up at call time) in order."""
     mirrors = MNIST_MIRRORS if mirrors is None else mirrors
-    size, sha = MNIST_FILES[name]
     dest.parent.mkdir(parents=True, exist_ok=True)
     errors = []
     for mirror in mirrors:
@@ -182,66 +201,87 @@ def _download(name: str, dest: Path, mirrors=None) -> None:
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(mirror + name, timeout=30) as resp:
                 while chunk := resp.read(1 << 20):
                     out.write(chunk)
-            got = _sha256(Path(tmp))
-            if got != sha:
-                errors.append(f"{mirror}: sha256 {got} != expected {sha}")
-                continue
+                out.flush()
+                os.fsync(out.fileno())
+            _verified_content(name, Path(tmp))
             os.replace(tmp, dest)
             return
+        except MNISTFileError as e:
+            errors.append(f"{mirror}: {e}")
         except (urllib.error.URLError, OSError, TimeoutError) as e:
             errors.append(f"{mirror}: {e}")
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
     raise OSError(
-        f"Could not download MNIST file {name!r} ({size} bytes). Tried:\n  " + "\n  ".join(errors)
+        f"Could not download MNIST file {name!r}. Tried:\n  " + "\n  ".join(errors)
         + f"\nPlace the file by hand at {dest} (or set SCORE_MODELS_DATA to a folder holding mnist/{name})."
     )
 
 
-def mnist_file(name: str, *, download: bool = True) -> Path:
-    """The path of a verified MNIST file in `data_dir()/mnist/`, downloading it if missing."""
+def _mnist_path(name: str, download: bool) -> Path:
     if name not in MNIST_FILES:
         raise ValueError(f"`name` must be one of {sorted(MNIST_FILES)}, got {name!r}.")
     path = data_dir() / "mnist" / name
     if not path.exists():
         if not download:
-            raise FileNotFoundError(f"MNIST file {name!r} not found at {path}.")
+            raise FileNotFoundError(
+                f"MNIST file {name!r} not found at {path} (set SCORE_MODELS_DATA to the folder that "
+                f"holds mnist/, or allow the download)."
+            )
         _download(name, path)
-    size, sha = MNIST_FILES[name]
-    got = _sha256(path)
-    if got != sha:
-        raise ValueError(
-            f"MNIST file {path} is corrupt: sha256 {got}, expected {sha} ({size} bytes). Delete it to re-download."
-        )
     return path
+
+
+def mnist_file(name: str, *, download: bool = True) -> Path:
+    """The path of a verified MNIST file in `data_dir()/mnist/`, downloading it if missing."""
+    path = _mnist_path(name, download)
+    _verified_content(name, path)
+    return path
+
+
+def parse_idx(raw: bytes, source: str = "IDX data") -> np.ndarray:
+    """Parses the (decompressed) bytes of an unsigned-byte IDX file, the MNIST format."""
+    if len(raw) < 4:
+        raise ValueError(f"{source} is too short to be an IDX file ({len(raw)} bytes).")
+    zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise ValueError(f"{source} is not an unsigned-byte IDX file (header {zero}, {dtype_code:#x}).")
+    shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"{source} holds {data.size} values, its header promises shape {shape}.")
+    return data.reshape(shape)
 
 
 def read_idx(path: Path) -> np.ndarray:
     """Reads a gzipped IDX file (the MNIST format) into a NumPy array of unsigned bytes."""
     with gzip.open(path, "rb") as f:
-        zero, dtype_code, ndim = struct.unpack(">HBB", f.read(4))
-        if zero != 0 or dtype_code != 0x08:
-            raise ValueError(f"{path} is not an unsigned-byte IDX file (header {zero}, {dtype_code:#x}).")
-        shape = struct.unpack(f">{ndim}I", f.read(4 * ndim))
-        data = np.frombuffer(f.read(), dtype=np.uint8)
-    if data.size != int(np.prod(shape)):
-        raise ValueError(f"{path} holds {data.size} values, its header promises shape {shape}.")
-    return data.reshape(shape)
+        return parse_idx(f.read(), str(path))
 
 
-def mnist(split: str = "train", *, download: bool = True) -> tuple[Float[Array, "n 1 28 28"], Array]:
+def mnist_uint8(split: str = "train", *, download: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST images `(n, 28, 28)` and labels `(n,)` as the files store them (uint8), verified."""
+    if split not in MNIST_SPLITS:
+        raise ValueError(f"`split` must be one of {sorted(MNIST_SPLITS)}, got {split!r}.")
+    arrays = []
+    for kind in ("images-idx3", "labels-idx1"):
+        name = f"{MNIST_SPLITS[split]}-{kind}-ubyte.gz"
+        path = _mnist_path(name, download)
+        arrays.append(parse_idx(_verified_content(name, path), str(path)))
+    images, labels = arrays
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"MNIST {split}: {images.shape[0]} images but {labels.shape[0]} labels.")
+    return images, labels
+
+
+def mnist(split: str = "train", *, download: bool = True) -> tuple[Float[Array, "n 1 28 28"], Int[Array, " n"]]:
     """MNIST images `(n, 1, 28, 28)` float32 in [0, 1] and labels `(n,)` int32.
 
     `split` is `"train"` (60,000 images) or `"test"` (10,000). Files are read from
-    `$SCORE_MODELS_DATA/mnist/`, downloaded and verified when missing.
+    `$SCORE_MODELS_DATA/mnist/`, downloaded when missing, and verified by the sha256 of their
+    decompressed content.
     """
-    if split not in _SPLIT_PREFIX:
-        raise ValueError(f"`split` must be 'train' or 'test', got {split!r}.")
-    prefix = _SPLIT_PREFIX[split]
-    images = read_idx(mnist_file(f"{prefix}-images-idx3-ubyte.gz", download=download))
-    labels = read_idx(mnist_file(f"{prefix}-labels-idx1-ubyte.gz", download=download))
-    if images.shape[0] != labels.shape[0]:
-        raise ValueError(f"MNIST {split}: {images.shape[0]} images but {labels.shape[0]} labels.")
+    images, labels = mnist_uint8(split, download=download)
     x = jnp.asarray(images[:, None, :, :], dtype=jnp.float32) / 255.0
     return x, jnp.asarray(labels, dtype=jnp.int32)

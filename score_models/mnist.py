@@ -1,66 +1,62 @@
-"""Sample quality for MNIST, measured with a classifier, and the chapter-6 samplers.
+"""Evaluating generated MNIST digits and MNIST likelihoods.
 
-A generated digit is judged by a small CNN (`models.Classifier`, artifact `mnist_classifier`):
+Sample quality, judged by a small CNN (`models.Classifier`, artifact `mnist_classifier`):
 
-- `confident_fraction`: the fraction of samples classified with probability above 0.9, a
-  proxy for "looks like a clear digit";
+- `confident_fraction`: the fraction of images classified with probability above 0.9, a proxy
+  for "looks like a clear digit";
 - `class_fractions`: the fraction assigned to each of the ten digits (a sampler that drops a
   digit, or piles onto one, shows up here);
 - `frechet_distance`: the Frechet distance between Gaussians fitted to the classifier's
-  penultimate-layer features of the samples and of real held-out digits (the FID of Heusel et
-  al. 2017, with a small MNIST classifier in place of Inception). It is biased upwards for
-  small sample sizes, so compare it only with real digits of the same sample size (`quality`
-  for real held-out images).
+  penultimate-layer features of two image sets (the FID of Heusel et al. 2017, with a small MNIST
+  classifier in place of Inception). Its plug-in estimate is biased upwards, by roughly
+  `c / n` for `n` images, so it is only meaningful next to the same number for real images of
+  the same count (`quality` reports both);
+- `kernel_distance`: the kernel (inception) distance of Binkowski et al. 2018, an unbiased
+  estimate of the squared MMD between the two feature distributions with the kernel
+  `k(a, b) = (a.b / f + 1)^3`, with a confidence interval from disjoint blocks.
+
+Likelihoods, in bits per dimension of the 8-bit images:
+
+- `pixel_categorical` / `categorical_bits_per_dim`: the baseline of 784 independent 256-way
+  categorical distributions, one per pixel, fit on training images;
+- `dequantize` and `bits_per_dim`: turning the continuous log-density of uniformly dequantized
+  images into the discrete bound in bits per dimension.
+
+Memorisation: `nearest_neighbours`, each image's nearest training image in pixel space.
 
 Images are `(n, 1, 28, 28)` (or `(n, 28, 28)`) in [0, 1] pixel space.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Callable, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from jaxtyping import PRNGKeyArray
+import scipy.stats
+from jaxtyping import Float, PRNGKeyArray
+from sklearn.neighbors import NearestNeighbors
 
 from ._checks import check_positive_int
+from .images import as_images
 
 CONFIDENCE = 0.9
-
-# Sampler settings for the `mnist_unet` artifact, shared by the chapter and `score-models sample`.
-# For a Gaussian of width sigma_i a step alpha_i = eps sigma_i^2 / sigma_L^2 contracts the excess
-# spread by a = eps / (2 sigma_L^2) per step and leaves a stationary std of sigma_i sqrt(2 / (2 - a)).
-# eps = 2.4e-4 with sigma_L = 0.02 gives a = 0.3 (std 1.08 sigma_i); NCSN's eps = 2e-5 (a = 0.025)
-# needs ~100 steps per level. Measured on 256 samples of the committed model (one batch, seed 0):
-# 5 steps per level give 74% confident digits, 10 give 80%, 15 give 82%; eps 1e-4 or 1.5e-3 are
-# far worse at 5 steps (61%, 24%). With these settings, in chunks of 32 as `sample` runs them,
-# seeds 0-3 give 81%, 84%, 83%, 80%. The probability-flow ODE with 30 Heun steps gives 79-82%.
-ANNEALED = {"eps": 2.4e-4, "n_steps_each": 20, "denoise": True}
-PF_ODE = {"n_steps": 30}
+N_PIXELS = 28 * 28
 
 
-def as_images(x, name: str = "images") -> jax.Array:
-    """`x` as float32 `(n, 1, 28, 28)`; accepts `(n, 28, 28)`."""
-    x = jnp.asarray(x, dtype=jnp.float32)
-    if x.ndim == 3:
-        x = x[:, None]
-    if x.ndim != 4 or x.shape[1:] != (1, 28, 28):
-        raise ValueError(f"`{name}` must have shape (n, 1, 28, 28) or (n, 28, 28), got {tuple(x.shape)}.")
-    if x.shape[0] == 0:
-        raise ValueError(f"`{name}` is empty.")
-    return x
+# ----------------------------------------------------------------------------------------
+# The classifier's view of a set of images
 
 
-def _batched(fn: Callable, x, batch: int):
+def _batched(fn: Callable, x: np.ndarray, batch: int) -> np.ndarray:
     """`fn` (jitted, on batches of `batch` images) applied to all of `x`, padding the last batch
     so only one shape compiles; returns a NumPy array."""
     n = x.shape[0]
     pad = (-n) % batch
     if pad:
-        x = jnp.concatenate([x, jnp.zeros((pad, *x.shape[1:]), x.dtype)])
-    out = [np.asarray(fn(x[i:i + batch])) for i in range(0, x.shape[0], batch)]
-    return np.concatenate(out)[:n]
+        x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+    return np.concatenate([np.asarray(fn(x[i:i + batch])) for i in range(0, x.shape[0], batch)])[:n]
 
 
 @jax.jit
@@ -73,32 +69,49 @@ def _features(classifier, x):
     return jax.vmap(classifier.features)(x)
 
 
-def predict_proba(classifier, images, *, batch: int = 500) -> np.ndarray:
+def predict_proba(classifier, images, *, batch: int = 500) -> Float[np.ndarray, "n 10"]:
     """Class probabilities `(n, 10)` of `images` under `classifier`."""
     x = as_images(images)
-    return _batched(lambda b: _proba(classifier, b), x, min(batch, x.shape[0]))
+    batch = min(check_positive_int("batch", batch), x.shape[0])
+    return _batched(lambda b: _proba(classifier, b), x, batch)
 
 
-def features(classifier, images, *, batch: int = 500) -> np.ndarray:
+def features(classifier, images, *, batch: int = 500) -> Float[np.ndarray, "n f"]:
     """The classifier's penultimate-layer features `(n, f)` of `images`."""
     x = as_images(images)
-    return _batched(lambda b: _features(classifier, b), x, min(batch, x.shape[0]))
+    batch = min(check_positive_int("batch", batch), x.shape[0])
+    return _batched(lambda b: _features(classifier, b), x, batch)
+
+
+def _probs(probs) -> np.ndarray:
+    p = np.asarray(probs)
+    if p.ndim != 2 or p.shape[0] == 0:
+        raise ValueError(f"`probs` must have shape (n, k) with n >= 1, got {p.shape}.")
+    return p
 
 
 def confident_fraction(probs, threshold: float = CONFIDENCE) -> float:
     """The fraction of rows of `probs` `(n, k)` whose largest probability exceeds `threshold`."""
-    p = np.asarray(probs)
-    if p.ndim != 2:
-        raise ValueError(f"`probs` must have shape (n, k), got {p.shape}.")
-    return float(np.mean(p.max(axis=-1) > threshold))
+    return float(np.mean(_probs(probs).max(axis=-1) > threshold))
 
 
 def class_fractions(probs) -> np.ndarray:
     """The fraction of rows of `probs` `(n, k)` assigned (by argmax) to each of the `k` classes."""
-    p = np.asarray(probs)
-    if p.ndim != 2:
-        raise ValueError(f"`probs` must have shape (n, k), got {p.shape}.")
+    p = _probs(probs)
     return np.bincount(p.argmax(axis=-1), minlength=p.shape[1]) / p.shape[0]
+
+
+# ----------------------------------------------------------------------------------------
+# Distances between feature distributions
+
+
+def _feature_pair(f1, f2, min_rows: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    f1, f2 = np.asarray(f1, np.float64), np.asarray(f2, np.float64)
+    if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1] or min(len(f1), len(f2)) < min_rows:
+        raise ValueError(
+            f"`f1` and `f2` must have shapes (n, f) and (m, f) with n, m >= {min_rows}; got {f1.shape}, {f2.shape}."
+        )
+    return f1, f2
 
 
 def _sqrtm_psd(a: np.ndarray) -> np.ndarray:
@@ -121,111 +134,183 @@ def gaussian_frechet(mu1, cov1, mu2, cov2) -> float:
 
 def frechet_distance(f1, f2) -> float:
     """The Frechet distance between Gaussians fitted (mean, covariance) to feature sets
-    `f1: (n, f)` and `f2: (m, f)`."""
-    f1, f2 = np.asarray(f1, np.float64), np.asarray(f2, np.float64)
-    if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1] or min(len(f1), len(f2)) < 2:
-        raise ValueError(f"`f1` and `f2` must have shapes (n, f) and (m, f), n, m >= 2; got {f1.shape}, {f2.shape}.")
+    `f1: (n, f)` and `f2: (m, f)`. A plug-in estimate, biased upwards for finite sets: compare
+    it only with the same number for two real sets of the same sizes."""
+    f1, f2 = _feature_pair(f1, f2)
     return gaussian_frechet(f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False))
 
 
-def quality(classifier, images, reference_features) -> dict:
+class KernelDistance(NamedTuple):
+    """An unbiased estimate of a squared MMD, with its confidence interval."""
+
+    estimate: float  # the mean of the blocks' unbiased estimates
+    low: float  # confidence interval (Student t over the blocks)
+    high: float
+    std_error: float
+    n_blocks: int
+
+
+def _polynomial_kernel(a, b):
+    return (a @ b.T / a.shape[1] + 1.0) ** 3
+
+
+def _mmd2_unbiased(x: np.ndarray, y: np.ndarray) -> float:
+    """The unbiased estimate of the squared MMD between the distributions of rows of `x` and
+    `y` (Gretton et al. 2012, eq. 3): within-set kernel means exclude the diagonal."""
+    m, n = len(x), len(y)
+    kxx, kyy, kxy = _polynomial_kernel(x, x), _polynomial_kernel(y, y), _polynomial_kernel(x, y)
+    return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+                 - 2 * kxy.mean())
+
+
+def kernel_distance(f1, f2, *, n_blocks: int = 10, confidence: float = 0.95) -> KernelDistance:
+    """The kernel distance (KID, Binkowski et al. 2018) between feature sets `f1: (n, f)` and
+    `f2: (m, f)`: the squared MMD with the cubic polynomial kernel `(a.b / f + 1)^3`.
+
+    Both sets are split into `n_blocks` disjoint blocks (in order; shuffle first if the order
+    means something); each pair of blocks gives an unbiased estimate, and the result is their
+    mean with a Student-t confidence interval over the blocks. Unbiased: for two samples of
+    the same distribution its expectation is 0 at any sample size (so it can be negative).
+    """
+    f1, f2 = _feature_pair(f1, f2)
+    n_blocks = check_positive_int("n_blocks", n_blocks)
+    if n_blocks < 2 or min(len(f1), len(f2)) < 2 * n_blocks:
+        raise ValueError(
+            f"`n_blocks` must be at least 2 and leave at least 2 rows per block; got {n_blocks} "
+            f"blocks for {len(f1)} and {len(f2)} rows."
+        )
+    if not 0 < confidence < 1:
+        raise ValueError(f"`confidence` must lie in (0, 1), got {confidence!r}.")
+    blocks = np.array([_mmd2_unbiased(a, b) for a, b in zip(np.array_split(f1, n_blocks),
+                                                               np.array_split(f2, n_blocks))])
+    mean = float(blocks.mean())
+    se = float(blocks.std(ddof=1) / math.sqrt(n_blocks))
+    half = float(scipy.stats.t.ppf(0.5 + confidence / 2, n_blocks - 1)) * se
+    return KernelDistance(mean, mean - half, mean + half, se, n_blocks)
+
+
+def quality(classifier, images, reference_features, *, n_blocks: int = 10) -> dict:
     """The sample-quality summary of `images` against real digits' `reference_features`:
-    `confident` (fraction with confidence > 0.9), `class_fractions` (10,), `min_class_fraction`,
-    `frechet` (Frechet distance of the classifier features)."""
+    `n`, `confident` (fraction with confidence > 0.9), `class_fractions` (10,),
+    `min_class_fraction`, `max_class_fraction`, `frechet` (Frechet distance of the classifier
+    features) and `kid` (a `KernelDistance`)."""
     x = as_images(images)
     probs = predict_proba(classifier, x)
     fr = class_fractions(probs)
+    f = features(classifier, x)
     return {
         "n": int(x.shape[0]),
         "confident": confident_fraction(probs),
         "class_fractions": fr,
         "min_class_fraction": float(fr.min()),
-        "frechet": frechet_distance(features(classifier, x), reference_features),
+        "max_class_fraction": float(fr.max()),
+        "frechet": frechet_distance(f, reference_features),
+        "kid": kernel_distance(f, reference_features, n_blocks=n_blocks),
     }
 
 
 # ----------------------------------------------------------------------------------------
-# Sampling from the chapter's model
+# Likelihoods in bits per dimension
 
 
-def to_pixels(x) -> np.ndarray:
-    """Samples `(n, 1, 28, 28)` as float32 `(n, 28, 28)` clipped to [0, 1]."""
-    x = np.asarray(x, dtype=np.float32)
-    return np.clip(x.reshape(x.shape[0], 28, 28), 0.0, 1.0)
+def _uint8_images(images, name: str = "images") -> np.ndarray:
+    x = np.asarray(images)
+    if x.dtype != np.uint8 or x.ndim < 2 or x.shape[0] == 0:
+        raise ValueError(f"`{name}` must be a non-empty uint8 array (n, ...) of grey levels, got "
+                         f"{x.dtype} {x.shape}.")
+    return x.reshape(x.shape[0], -1)
 
 
-def default_chunk_size() -> int | None:
-    """Images per sampler call: 32 on a CPU, where a cache-sized batch runs the U-Net about 1.5x
-    faster per image than 256 at once (measured on 2 cores); everything at once elsewhere."""
-    return 32 if jax.default_backend() == "cpu" else None
+def pixel_categorical(train_images, *, alpha: float = 1.0) -> Float[np.ndarray, "d 256"]:
+    """The per-pixel independent categorical model: for each of the `d` pixels, the frequencies
+    of the 256 grey levels in `train_images` (uint8 `(n, ...)`) with `alpha` added to every
+    count (add-one smoothing by default, so no level has probability 0). Returns `(d, 256)`."""
+    x = _uint8_images(train_images, "train_images")
+    if not alpha > 0:
+        raise ValueError(f"`alpha` must be positive, got {alpha!r}.")
+    d = x.shape[1]
+    counts = np.zeros((d, 256))
+    np.add.at(counts, (np.broadcast_to(np.arange(d), x.shape), x), 1.0)
+    return (counts + alpha) / (x.shape[0] + 256 * alpha)
 
 
-def sample(model, key: PRNGKeyArray, n: int, *, sampler: str = "annealed", sigmas=None,
-           trajectory_every: int | None = None, chunk_size: int | None | str = "auto", **options):
-    """`n` samples `(n, 1, 28, 28)` from a noise-conditional `model` (not yet clipped).
+def categorical_bits_per_dim(probs, images) -> Float[np.ndarray, " n"]:
+    """Each image's negative log2-likelihood per pixel under `pixel_categorical` probabilities
+    `probs: (d, 256)`; `images` uint8 `(n, ...)` with `d` pixels. An exact discrete likelihood:
+    no dequantization needed."""
+    x = _uint8_images(images)
+    probs = np.asarray(probs, np.float64)
+    if probs.shape != (x.shape[1], 256):
+        raise ValueError(f"`probs` must have shape ({x.shape[1]}, 256) for these images, got {probs.shape}.")
+    return -np.log2(probs[np.arange(x.shape[1]), x]).mean(axis=1)
 
-    `sampler="annealed"`: annealed Langevin dynamics over `sigmas` (default: the `mnist_unet`
-    recipe's), options `eps`, `n_steps_each`, `denoise` (defaults `ANNEALED`).
-    `sampler="pf-ode"`: the probability-flow ODE with Heun's method on a geometric grid of
-    `n_steps` noise levels from `sigmas[0]` to `sigmas[-1]` (default `PF_ODE`), via
-    `score_models.probability_flow_ode`.
 
-    The images are sampled `chunk_size` at a time (`"auto"`: `default_chunk_size()`; None: all
-    at once), chunk `i` with key `fold_in(key, i)`; every chunk has the same shape, so the sampler
-    compiles once. With `trajectory_every` (annealed) the pair `(x, trajectory)` is returned,
-    `trajectory` of shape `(frames, n, 1, 28, 28)`.
+def dequantize(key: PRNGKeyArray, images) -> Float[np.ndarray, "n ..."]:
+    """Uniform dequantization of 8-bit images: `(k + u) / 256` with `u ~ U[0, 1)` per pixel, a
+    continuous image in [0, 1] whose bin `[k/256, (k+1)/256)` is the grey level `k`."""
+    x = np.asarray(images)
+    if x.dtype != np.uint8:
+        raise ValueError(f"`images` must be uint8 grey levels, got {x.dtype}.")
+    u = np.asarray(jax.random.uniform(key, x.shape, dtype=np.float32))
+    return ((x.astype(np.float32) + u) / 256.0).astype(np.float32)
+
+
+def bits_per_dim(log_density, dim: int, *, scale: float = 1.0) -> np.ndarray:
+    """Bits per dimension of 8-bit data from the log-density (nats) of its uniformly dequantized
+    version `y = (k + u)/256` in [0, 1]^dim:
+
+        bits/dim = (-log p(y) + dim log 256) / (dim log 2)
+
+    which bounds the discrete model's `-log2 P(k) / dim` from above (Jensen over `u`; Theis et
+    al. 2016). If the model's density is of `z = scale * y + shift` (data standardised or mapped
+    to [-1, 1]: `scale = 2`), pass `scale`: `log p(y) = log p(z) + dim log scale`.
     """
-    import diffrax
-
-    import score_models as sm
-    from .zoo.chapter6 import unet_sigmas
-
-    n = check_positive_int("n", n)
-    if sampler not in ("annealed", "pf-ode"):
-        raise ValueError(f"`sampler` must be 'annealed' or 'pf-ode', got {sampler!r}.")
-    chunk_size = default_chunk_size() if chunk_size == "auto" else chunk_size
-    chunk = n if chunk_size is None else min(check_positive_int("chunk_size", chunk_size), n)
-    sigmas = unet_sigmas() if sigmas is None else jnp.asarray(sigmas, jnp.float32)
-    sigma_max, sigma_min = float(sigmas[0]), float(sigmas[-1])
-    if sampler == "annealed":
-        opts = {**ANNEALED, **options}
-        run = lambda x0, k: sm.annealed_langevin(model, x0, sigmas, k, trajectory_every=trajectory_every,  # noqa: E731
-                                                 **opts)
-    else:
-        opts = {**PF_ODE, **options}
-        grid = sm.geometric_sigmas(sigma_max, sigma_min, check_positive_int("n_steps", opts["n_steps"]) + 1)
-        run = lambda x0, k: sm.probability_flow_ode(  # noqa: E731
-            model, x0, sigma_max=sigma_max, sigma_min=sigma_min, solver=diffrax.Heun(),
-            stepsize_controller=diffrax.StepTo(ts=grid), dt0=None)
-
-    def one_chunk(k):
-        key_init, key_run = jax.random.split(k)
-        x0 = sigma_max * jax.random.normal(key_init, (chunk, 1, 28, 28)) + getattr(model, "data_mean", 0.0)
-        return run(x0, key_run)
-
-    n_chunks = -(-n // chunk)
-    runs = [one_chunk(jax.random.fold_in(key, i) if n_chunks > 1 else key) for i in range(n_chunks)]
-    x = jnp.concatenate([r.samples for r in runs])[:n]
-    if trajectory_every is not None and sampler == "annealed":
-        return x, jnp.concatenate([r.trajectory for r in runs], axis=1)[:, :n]
-    return x
+    dim = check_positive_int("dim", dim)
+    if not scale > 0:
+        raise ValueError(f"`scale` must be positive, got {scale!r}.")
+    log_py = np.asarray(log_density, np.float64) + dim * math.log(scale)
+    return (-log_py + dim * math.log(256.0)) / (dim * math.log(2.0))
 
 
-def image_grid(images, ncol: int = 16, pad: int = 1) -> np.ndarray:
-    """Tiles images `(n, 28, 28)` (or `(n, 1, 28, 28)`) into one array, `ncol` per row, with
-    `pad` pixels of white between them (digits are white on black)."""
-    x = np.asarray(as_images(images))[:, 0]
-    n = x.shape[0]
-    nrow = -(-n // ncol)
-    grid = np.ones((nrow * (28 + pad) + pad, ncol * (28 + pad) + pad), np.float32)
-    for i in range(n):
-        r, c = divmod(i, ncol)
-        grid[pad + r * (28 + pad):pad + r * (28 + pad) + 28, pad + c * (28 + pad):pad + c * (28 + pad) + 28] = x[i]
-    return grid
+class MeanWithCI(NamedTuple):
+    """A mean over images with its confidence interval."""
+
+    mean: float
+    low: float
+    high: float
+    std_error: float
+    n: int
 
 
-def save_png(images, path, ncol: int = 16) -> None:
-    """Writes a grid of images (pixel values in [0, 1]) to a PNG file."""
-    import matplotlib.pyplot as plt
+def mean_with_ci(values, *, confidence: float = 0.95) -> MeanWithCI:
+    """The mean of `values` `(n,)` or `(n, r)` (r repeated estimates per item, e.g. Hutchinson
+    probes: each item's estimates are averaged first) with a Student-t confidence interval over
+    the `n` items. The item-to-item spread includes the estimator's own noise, so the interval
+    covers both."""
+    v = np.asarray(values, np.float64)
+    if v.ndim == 2:
+        v = v.mean(axis=1)
+    if v.ndim != 1 or v.size < 2 or not np.all(np.isfinite(v)):
+        raise ValueError(f"`values` must be finite, shape (n,) or (n, r) with n >= 2; got {np.shape(values)}.")
+    n = v.size
+    se = float(v.std(ddof=1) / math.sqrt(n))
+    half = float(scipy.stats.t.ppf(0.5 + confidence / 2, n - 1)) * se
+    return MeanWithCI(float(v.mean()), float(v.mean()) - half, float(v.mean()) + half, se, n)
 
-    plt.imsave(path, np.clip(image_grid(images, ncol), 0, 1), cmap="gray", vmin=0.0, vmax=1.0)
+
+# ----------------------------------------------------------------------------------------
+# Memorisation
+
+
+def nearest_neighbours(train_images, images) -> tuple[np.ndarray, np.ndarray]:
+    """For each of `images` `(m, ...)`, the Euclidean distance in pixel space to its nearest
+    image in `train_images` `(n, ...)` and that image's index: `(distances (m,), indices (m,))`,
+    by scikit-learn's exact (brute-force) `NearestNeighbors`."""
+    train = np.asarray(train_images, np.float32)
+    x = np.asarray(images, np.float32)
+    if train.ndim < 2 or x.ndim < 2 or train.shape[1:] != x.shape[1:] or not len(train) or not len(x):
+        raise ValueError(f"`train_images` and `images` must be non-empty with the same image shape; got "
+                         f"{train.shape} and {x.shape}.")
+    nn = NearestNeighbors(n_neighbors=1, algorithm="brute").fit(train.reshape(len(train), -1))
+    distances, indices = nn.kneighbors(x.reshape(len(x), -1))
+    return distances[:, 0], indices[:, 0]

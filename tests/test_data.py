@@ -19,6 +19,7 @@ import pytest
 from score_models import data
 
 TEST_LABEL_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]  # MNIST t10k
+TRAIN_LABEL_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]  # MNIST train
 
 
 def test_running_example_parameters():
@@ -59,7 +60,7 @@ def test_unknown_dataset_name():
 
 
 # ---------------------------------------------------------------------------------------------
-# MNIST from the shared test split
+# MNIST from the shared data folder (both splits)
 
 
 def test_mnist_test_split(shared_mnist):
@@ -72,21 +73,62 @@ def test_mnist_test_split(shared_mnist):
     assert 0.1 < float(jnp.mean(x > 0.5)) < 0.2
 
 
+def test_mnist_train_split(shared_mnist):
+    """The shared training files were recompressed (their gz bytes differ from the canonical
+    downloads); they pass because their decompressed content is the canonical one."""
+    images, labels = data.mnist_uint8("train", download=False)
+    assert images.shape == (60_000, 28, 28) and images.dtype == np.uint8
+    assert np.bincount(labels, minlength=10).tolist() == TRAIN_LABEL_COUNTS
+    x, y = data.mnist("train", download=False)
+    assert x.shape == (60_000, 1, 28, 28) and x.dtype == jnp.float32 and y.dtype == jnp.int32
+    np.testing.assert_array_equal(np.rint(np.asarray(x[123, 0]) * 255.0), images[123])
+
+
 def test_mnist_bad_split():
     with pytest.raises(ValueError, match="`split`"):
         data.mnist("validation")
 
 
-def test_corrupt_mnist_file_is_rejected(shared_mnist, tmp_path, monkeypatch):
-    (tmp_path / "mnist").mkdir()
+def _copy_test_split(shared_mnist, folder):
+    (folder / "mnist").mkdir()
     for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
-        shutil.copy(shared_mnist / "mnist" / name, tmp_path / "mnist" / name)
-    target = tmp_path / "mnist" / "t10k-labels-idx1-ubyte.gz"
+        shutil.copy(shared_mnist / "mnist" / name, folder / "mnist" / name)
+    return folder / "mnist" / "t10k-labels-idx1-ubyte.gz"
+
+
+def test_recompressed_mnist_file_is_accepted(shared_mnist, tmp_path, monkeypatch):
+    target = _copy_test_split(shared_mnist, tmp_path)
+    original = target.read_bytes()
+    content = gzip.decompress(original)
+    recompressed = gzip.compress(content, compresslevel=9, mtime=12345)  # other header, other level
+    assert recompressed != original
+    target.write_bytes(recompressed)
+    monkeypatch.setenv("SCORE_MODELS_DATA", str(tmp_path))
+    assert data.mnist_file(target.name, download=False) == target
+    _, y = data.mnist("test", download=False)
+    assert np.bincount(np.asarray(y), minlength=10).tolist() == TEST_LABEL_COUNTS
+
+
+def test_tampered_mnist_file_is_rejected_by_name(shared_mnist, tmp_path, monkeypatch):
+    """One label changed and the file recompressed (a valid gzip file of the wrong content)."""
+    target = _copy_test_split(shared_mnist, tmp_path)
+    content = bytearray(gzip.decompress(target.read_bytes()))
+    content[-1] = (content[-1] + 1) % 10
+    target.write_bytes(gzip.compress(bytes(content)))
+    monkeypatch.setenv("SCORE_MODELS_DATA", str(tmp_path))
+    size, sha = data.MNIST_FILES[target.name]
+    with pytest.raises(data.MNISTFileError, match=f"{target}.*decompressed content.*expected {size} bytes with sha256 {sha}"):
+        data.mnist("test", download=False)
+
+
+def test_corrupt_gzip_mnist_file_is_rejected(shared_mnist, tmp_path, monkeypatch):
+    """A flipped bit in the compressed stream: not even valid gzip (its CRC fails)."""
+    target = _copy_test_split(shared_mnist, tmp_path)
     raw = bytearray(target.read_bytes())
     raw[len(raw) // 2] ^= 0x01
     target.write_bytes(bytes(raw))
     monkeypatch.setenv("SCORE_MODELS_DATA", str(tmp_path))
-    with pytest.raises(ValueError, match="corrupt.*sha256"):
+    with pytest.raises(ValueError, match=f"{target}"):
         data.mnist("test", download=False)
 
 
@@ -125,13 +167,15 @@ NAME = "t10k-labels-idx1-ubyte.gz"
 @pytest.fixture
 def fake_mirror(tmp_path, monkeypatch):
     """A local `file://` mirror holding a small fake labels file, with MNIST_FILES patched to
-    its size and sha256, and SCORE_MODELS_DATA pointing at an empty folder."""
+    the size and sha256 of its decompressed content, and SCORE_MODELS_DATA pointing at an empty
+    folder."""
     labels = np.array([7, 2, 1, 0, 4], dtype=np.uint8)
     payload = idx_bytes(labels)
     mirror = tmp_path / "mirror"
     mirror.mkdir()
     (mirror / NAME).write_bytes(payload)
-    monkeypatch.setitem(data.MNIST_FILES, NAME, (len(payload), hashlib.sha256(payload).hexdigest()))
+    content = gzip.decompress(payload)
+    monkeypatch.setitem(data.MNIST_FILES, NAME, (len(content), hashlib.sha256(content).hexdigest()))
     monkeypatch.setenv("SCORE_MODELS_DATA", str(tmp_path / "data"))
     return mirror, payload, labels
 
@@ -140,7 +184,7 @@ def test_download_from_a_mirror_is_verified_and_atomic(fake_mirror, tmp_path, mo
     mirror, payload, labels = fake_mirror
     bad = tmp_path / "bad_mirror"
     bad.mkdir()
-    (bad / NAME).write_bytes(payload[:-1] + b"\0")  # wrong content: rejected by sha256
+    (bad / NAME).write_bytes(gzip.compress(gzip.decompress(payload)[:-1] + b"\x09"))  # wrong content (last label changed)
     # First a refused connection, then a corrupt copy, then the good mirror.
     monkeypatch.setattr(data, "MNIST_MIRRORS", ("http://127.0.0.1:9/", bad.as_uri() + "/", mirror.as_uri() + "/"))
     path = data.mnist_file(NAME)
@@ -154,7 +198,7 @@ def test_download_failure_says_where_to_put_the_files(fake_mirror, tmp_path, mon
     mirror, payload, _ = fake_mirror
     bad = tmp_path / "bad_mirror"
     bad.mkdir()
-    (bad / NAME).write_bytes(payload + b"extra")
+    (bad / NAME).write_bytes(gzip.compress(gzip.decompress(payload) + b"extra"))
     monkeypatch.setattr(data, "MNIST_MIRRORS", ("http://127.0.0.1:9/", (tmp_path / "nowhere").as_uri() + "/",
                                                 bad.as_uri() + "/"))
     with pytest.raises(OSError) as e:

@@ -36,7 +36,7 @@ class Classifier(eqx.Module):
     - `key`: PRNG key for the initial weights.
     """
 
-    convs: list
+    convs: tuple  # a tuple: the static structure must be hashable
     dense: eqx.nn.Linear
     out: eqx.nn.Linear
     channels: tuple = eqx.field(static=True)
@@ -49,8 +49,8 @@ class Classifier(eqx.Module):
         self.n_features = check_positive_int("n_features", n_features)
         self.n_classes = check_positive_int("n_classes", n_classes)
         k = jax.random.split(key, 6)
-        self.convs = [Conv2d(1, c1, 3, key=k[0]), Conv2d(c1, c1, 3, key=k[1]),
-                      Conv2d(c1, c2, 3, key=k[2]), Conv2d(c2, c2, 3, key=k[3])]
+        self.convs = (Conv2d(1, c1, 3, key=k[0]), Conv2d(c1, c1, 3, key=k[1]),
+                      Conv2d(c1, c2, 3, key=k[2]), Conv2d(c2, c2, 3, key=k[3]))
         self.dense = eqx.nn.Linear(7 * 7 * c2, self.n_features, key=k[4])
         self.out = eqx.nn.Linear(self.n_features, self.n_classes, key=k[5])
 

@@ -11,10 +11,20 @@ Design, chosen for throughput on a laptop CPU (see chapter 6):
 - **Pixel unshuffle** (`patch=2`, space-to-depth): the 28x28x1 image becomes 14x14x4 before the
   first convolution and the output is shuffled back, so the most expensive full-resolution
   layers are skipped at no loss of information. `patch=1` keeps the full resolution.
-- **Preconditioning.** The input is centred and scaled by `1/sqrt(sigma^2 + data_std^2)` (unit
-  variance at every noise level) and the output is divided by `sigma`, so the network predicts
-  the noise direction `-z`, whose size does not depend on sigma (Song & Ermon 2020; Karras et
-  al. 2022). The final convolution starts at zero, so training starts from `s = 0`.
+- **Preconditioning** (`preconditioning`). With `sigma_data` the pixels' standard deviation
+  and `x' = x - data_mean`, the network `F` sees `c_in x'` with `c_in = 1/sqrt(sigma^2 +
+  sigma_data^2)` (unit variance at every noise level) and the log of sigma, and its output
+  becomes the score in one of two ways:
+  - `"noise"`: `s = F / sigma`, so `F` predicts the noise direction
+    `-z`, whose size does not depend on sigma (Song & Ermon 2020, technique 3). The implied
+    denoiser `D = x + sigma F` multiplies any error of `F` by sigma.
+  - `"edm"` (Karras et al. 2022): the denoiser `D = data_mean + c_skip x' + c_out F` with
+    `c_skip = sigma_data^2 / (sigma^2 + sigma_data^2)` and `c_out = sigma sigma_data /
+    sqrt(sigma^2 + sigma_data^2)`, and `s = (D - x) / sigma^2`. At `F = 0` the score is that of
+    the Gaussian `N(data_mean, (sigma_data^2 + sigma^2) I)`; the network learns the rest, and
+    its error reaches `D` scaled by at most `sigma_data`.
+  The final convolution starts at zero, so training starts from the Gaussian score (`"edm"`)
+  or from `s = 0` (`"noise"`).
 - **Noise conditioning.** `log sigma` goes through sin/cos features and a small MLP; every
   residual block adds a learned projection of that embedding to its feature maps.
 - **Residual blocks** with GroupNorm and SiLU, a stride-2 convolution down, nearest-neighbour
@@ -37,6 +47,8 @@ from .._checks import check_positive_int
 from .config import register
 from .mlp import log_sigma_embedding
 
+PRECONDITIONINGS = ("noise", "edm")
+
 
 class Conv2d(eqx.Module):
     """A 2D convolution on ONE channels-last image `(H, W, C_in) -> (H', W', C_out)`, 'SAME'
@@ -57,10 +69,15 @@ class Conv2d(eqx.Module):
         self.stride = int(stride)
 
     def __call__(self, x: Float[Array, "h w c"]) -> Float[Array, "h2 w2 c2"]:
-        # im2col: the k*k shifted copies of the (zero-padded) map side by side, then ONE matrix
-        # product. Same result as `lax.conv_general_dilated(..., "SAME")`, but XLA:CPU runs a
-        # convolution inside a `lax.scan` (as `fit` does) ~10x slower than outside one, while
-        # a matrix product keeps its speed there.
+        if jax.default_backend() == "cpu":
+            return self.im2col(x)
+        return self.lax_conv(x)
+
+    def im2col(self, x: Float[Array, "h w c"]) -> Float[Array, "h2 w2 c2"]:
+        """The convolution as the k*k shifted copies of the (zero-padded) map side by side, then
+        ONE matrix product: what runs on a CPU, where XLA runs a convolution inside a `lax.scan`
+        (as `fit` does) several times slower than a matrix product of the same size
+        (`benchmarks/suite.py`, `conv_im2col_vs_lax`)."""
         kh, kw, c_in, c_out = self.weight.shape
         h, w, _ = x.shape
         s = self.stride
@@ -71,6 +88,13 @@ class Conv2d(eqx.Module):
         cols = [xp[i:i + (h_out - 1) * s + 1:s, j:j + (w_out - 1) * s + 1:s] for i in range(kh) for j in range(kw)]
         patches = cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
         y = patches @ self.weight.reshape(kh * kw * c_in, c_out).astype(x.dtype)
+        return y + self.bias.astype(x.dtype)
+
+    def lax_conv(self, x: Float[Array, "h w c"]) -> Float[Array, "h2 w2 c2"]:
+        """The same convolution by `lax.conv_general_dilated` (NHWC): what runs on a GPU or TPU,
+        where the vendor's convolution kernels beat im2col's k*k copies of every map."""
+        y = lax.conv_general_dilated(x[None], self.weight.astype(x.dtype), (self.stride, self.stride), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))[0]
         return y + self.bias.astype(x.dtype)
 
 
@@ -176,17 +200,21 @@ class UNet(eqx.Module):
     - `emb_dim`: width of the noise embedding; `n_frequencies`: sin/cos pairs of `log sigma`.
     - `groups`: GroupNorm groups.
     - `data_mean`, `data_std`: the pixels' mean and standard deviation, for the input scaling.
+    - `preconditioning`: `"noise"` (the network predicts the noise, `s = F / sigma`) or
+      `"edm"` (it corrects the Gaussian denoiser, Karras et al. 2022); see the module docstring.
     - `key`: PRNG key for the initial weights.
     """
 
     head: Conv2d
     emb1: eqx.nn.Linear
     emb2: eqx.nn.Linear
-    down: list
-    downsample: list
-    mid: list
-    up: list
-    upsample: list
+    # Tuples, not lists: the model's static structure must be hashable (`fit` and `jax.jit`
+    # cache compilations by it).
+    down: tuple
+    downsample: tuple
+    mid: tuple
+    up: tuple
+    upsample: tuple
     out_norm: GroupNorm
     out_conv: Conv2d
     image_shape: tuple = eqx.field(static=True)
@@ -197,11 +225,12 @@ class UNet(eqx.Module):
     n_frequencies: int = eqx.field(static=True)
     data_mean: float = eqx.field(static=True)
     data_std: float = eqx.field(static=True)
+    preconditioning: str = eqx.field(static=True)
 
     def __init__(self, image_shape: Sequence[int] = (1, 28, 28), channels: Sequence[int] = (32, 64), *,
                  n_res: int = 1, patch: int = 2, attention: bool = True, emb_dim: int = 64,
                  n_frequencies: int = 8, groups: int = 8, data_mean: float = 0.0, data_std: float = 1.0,
-                 key: PRNGKeyArray):
+                 preconditioning: str = "noise", key: PRNGKeyArray):
         image_shape = tuple(int(s) for s in image_shape)
         if len(image_shape) != 3:
             raise ValueError(f"`image_shape` must be (channels, height, width), got {image_shape}.")
@@ -219,6 +248,9 @@ class UNet(eqx.Module):
             )
         if not data_std > 0:
             raise ValueError(f"`data_std` must be positive, got {data_std!r}.")
+        if preconditioning not in PRECONDITIONINGS:
+            raise ValueError(f"`preconditioning` must be one of {PRECONDITIONINGS}, got {preconditioning!r}.")
+        self.preconditioning = preconditioning
         self.image_shape = image_shape
         self.channels = channels
         self.n_res = check_positive_int("n_res", n_res)
@@ -229,13 +261,15 @@ class UNet(eqx.Module):
         self.data_std = float(data_std)
         emb_dim = check_positive_int("emb_dim", emb_dim)
 
-        keys = iter(jax.random.split(key, 64))
+        n_res_blocks = len(channels) * (2 * self.n_res + 1) + 2
+        n_keys = 3 + n_res_blocks + 2 * (len(channels) - 1) + int(self.attention) + 1
+        keys = iter(jax.random.split(key, n_keys))
         c_in = c_img * patch * patch
         self.head = Conv2d(c_in, channels[0], 3, key=next(keys))
         self.emb1 = eqx.nn.Linear(2 * self.n_frequencies + 1, emb_dim, key=next(keys))
         self.emb2 = eqx.nn.Linear(emb_dim, emb_dim, key=next(keys))
 
-        self.down, self.downsample = [], []
+        down, downsample = [], []
         skips = [channels[0]]
         c = channels[0]
         for i, ch in enumerate(channels):
@@ -244,32 +278,33 @@ class UNet(eqx.Module):
                 blocks.append(ResBlock(c, ch, emb_dim, groups, key=next(keys)))
                 c = ch
                 skips.append(c)
-            self.down.append(blocks)
+            down.append(tuple(blocks))
             if i < len(channels) - 1:
-                self.downsample.append(Conv2d(c, c, 3, stride=2, key=next(keys)))
+                downsample.append(Conv2d(c, c, 3, stride=2, key=next(keys)))
                 skips.append(c)
-        self.mid = [ResBlock(c, c, emb_dim, groups, key=next(keys))]
+        mid = [ResBlock(c, c, emb_dim, groups, key=next(keys))]
         if self.attention:
-            self.mid.append(Attention(c, groups, key=next(keys)))
-        self.mid.append(ResBlock(c, c, emb_dim, groups, key=next(keys)))
+            mid.append(Attention(c, groups, key=next(keys)))
+        mid.append(ResBlock(c, c, emb_dim, groups, key=next(keys)))
 
-        self.up, self.upsample = [], []
+        up, upsample = [], []
         for i, ch in reversed(list(enumerate(channels))):
             blocks = []
             for _ in range(self.n_res + 1):
                 blocks.append(ResBlock(c + skips.pop(), ch, emb_dim, groups, key=next(keys)))
                 c = ch
-            self.up.append(blocks)
+            up.append(tuple(blocks))
             if i > 0:
                 # Sub-pixel upsampling: a convolution at the low resolution to 4x the next
                 # level's channels, then a 2x2 pixel shuffle (4x cheaper than upsample-then-conv).
-                self.upsample.append(Conv2d(c, 4 * channels[i - 1], 3, key=next(keys)))
+                upsample.append(Conv2d(c, 4 * channels[i - 1], 3, key=next(keys)))
                 c = channels[i - 1]
+        self.down, self.downsample, self.mid = tuple(down), tuple(downsample), tuple(mid)
+        self.up, self.upsample = tuple(up), tuple(upsample)
         self.out_norm = GroupNorm(min(groups, c), c)
         self.out_conv = Conv2d(c, c_in, 3, zero=True, key=next(keys))
 
-    def features(self, x: Float[Array, "c h w"], sigma) -> Float[Array, "c h w"]:
-        """The network's raw output `F(x, sigma)` (a prediction of `-z`); `s = F / sigma`."""
+    def _check(self, x, sigma):
         if tuple(x.shape) != self.image_shape:
             raise ValueError(
                 f"`x` must be ONE image of shape {self.image_shape}; got shape {tuple(x.shape)}. "
@@ -278,6 +313,12 @@ class UNet(eqx.Module):
         sigma = jnp.asarray(sigma, dtype=x.dtype)
         if sigma.shape != ():
             raise ValueError(f"`sigma` must be a scalar, got shape {tuple(sigma.shape)}.")
+        return sigma
+
+    def raw_output(self, x: Float[Array, "c h w"], sigma) -> Float[Array, "c h w"]:
+        """The network `F(c_in (x - data_mean), log sigma)` before preconditioning turns it into a
+        score (see the module docstring)."""
+        sigma = self._check(x, sigma)
         emb = log_sigma_embedding(sigma, self.n_frequencies)
         emb = self.emb2(jax.nn.silu(self.emb1(emb)))
 
@@ -307,7 +348,18 @@ class UNet(eqx.Module):
         return jnp.transpose(h, (2, 0, 1))
 
     def __call__(self, x: Float[Array, "c h w"], sigma) -> Float[Array, "c h w"]:
-        """The score at ONE image `x: (1, 28, 28)` and noise level `sigma` (a scalar);
-        returns shape `(1, 28, 28)`."""
-        sigma = jnp.asarray(sigma, dtype=x.dtype)
-        return self.features(x, sigma) / sigma
+        """The score at ONE image `x` of shape `image_shape` and noise level `sigma` (a scalar);
+        returns the shape of `x`."""
+        sigma = self._check(x, sigma)
+        f = self.raw_output(x, sigma)
+        if self.preconditioning == "noise":
+            return f / sigma
+        # "edm": s = (D - x) / sigma^2 with D = mean + c_skip x' + c_out F, written without the
+        # cancellation of D - x at small sigma: c_skip - 1 = -sigma^2 / (sigma^2 + sigma_data^2).
+        var = sigma**2 + self.data_std**2
+        return -(x - self.data_mean) / var + f * (self.data_std * lax.rsqrt(var) / sigma)
+
+    def denoise(self, x: Float[Array, "c h w"], sigma) -> Float[Array, "c h w"]:
+        """Tweedie's estimate of the clean image, `E[x_0 | x] ~= x + sigma^2 s(x, sigma)`."""
+        sigma = self._check(x, sigma)
+        return x + sigma**2 * self(x, sigma)
