@@ -40,7 +40,7 @@ from ..samplers import (
 )
 from ..samplers.result import SamplerResult
 from ..sde import VPSDE
-from . import chapter5, load, recipe
+from . import chapter5, chapter6, load, recipe
 
 __all__ = ["EXACT_CONFIG", "LEARNED_CONFIG", "MNIST_SAMPLERS", "ImageSet", "QualityCurves", "SAMPLERS", "curves",
            "mnist_set_name", "run_sampler", "sample_mnist"]
@@ -181,13 +181,12 @@ def _build_learned(config):
 # ----------------------------------------------------------------------------------------
 # MNIST: the same samplers on the chapter 6 U-Net (pixels in [0, 1], noise levels in pixel units)
 
-#: Each sampler's setting on MNIST: chapter 6's annealed Langevin dynamics (20 levels down to
-#: 0.02, 20 steps each: 401 evaluations), and every sampler at about 35 evaluations. The SDE
+#: Each sampler's setting on MNIST: chapter 6's annealed Langevin dynamics (its settings,
+#: `chapter6.SAMPLERS["annealed"]`), and every sampler at about 35 evaluations. The SDE
 #: samplers and annealed Langevin end at 0.02 with Tweedie's step; the EDM schedules run down to
 #: 0.002 and end with the step to 0.
 MNIST_SAMPLERS = {
-    "annealed Langevin": {"kind": "annealed", "sigma_max": 16.0, "sigma_min": 0.02, "n_levels": 20,
-                          "eps": 2.4e-4, "n_steps_each": 20},
+    "annealed Langevin": {"kind": "annealed", **chapter6.SAMPLERS["annealed"]},
     "annealed Langevin, 35": {"kind": "annealed", "sigma_max": 16.0, "sigma_min": 0.02, "n_levels": 17,
                               "eps": 2.4e-4, "n_steps_each": 2},
     "reverse SDE": {"kind": "reverse_sde", "sigma_max": 16.0, "sigma_min": 0.02, "n_steps": 34},
