@@ -136,7 +136,8 @@ def _sample(args) -> int:
     import jax
     import numpy as np
 
-    from . import artifacts, mnist, zoo
+    from . import artifacts, images, zoo
+    from .zoo import chapter6
 
     found = zoo.check("mnist_unet")
     if found.state != "ok":  # never train as a side effect of sampling, whatever the mode
@@ -150,13 +151,13 @@ def _sample(args) -> int:
         levels = {} if args.steps is None else {"n_levels": args.steps}
         x = sample_mnist(model, jax.random.key(args.seed), args.n, sampler="Heun", **levels).samples
     else:
-        x = mnist.sample(model, jax.random.key(args.seed), args.n, sampler=args.sampler)
-    images = mnist.to_pixels(x)
-    np.save(out, images)
+        x = chapter6.sample(model, jax.random.key(args.seed), args.n, sampler=args.sampler).samples
+    pixels = images.to_pixels(x)
+    np.save(out, pixels)
     print(f"{args.n} samples ({args.sampler}, seed {args.seed}) in {time.perf_counter() - t0:.1f} s: "
-          f"{out} float32 {images.shape} in [0, 1]")
+          f"{out} float32 {pixels.shape} in [0, 1]")
     if png is not None:
-        mnist.save_png(images, png, ncol=min(16, args.n))
+        images.save_png(pixels, png, ncol=min(16, args.n))
         print(f"grid: {png}")
     return 0
 
