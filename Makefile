@@ -26,7 +26,7 @@ test-fast:
 	SCORE_MODELS_ARTIFACTS=require $(PYTHON) -m pytest -p no:cacheprovider tests
 
 # The unit tests against the oldest versions pyproject.toml allows (constraints-min.txt), in a
-# fresh virtual environment with a non-editable install.
+# fresh virtual environment (the tests import the checkout; tests/test_install.py covers installs).
 test-min:
 	rm -rf /tmp/venv-min && $(PYTHON) -m venv /tmp/venv-min
 	/tmp/venv-min/bin/pip install -q -c constraints-min.txt ".[test]"

@@ -6,6 +6,7 @@
     score-models artifacts verify [NAME ...]       # exit 1 unless every artifact is up to date
     score-models sample mnist --n 64 --out x.npy [--png x.png] [--sampler annealed|pf-ode|heun] [--seed 0]
     score-models sample mnist --sampler heun --steps 18 ...   # EDM's Heun sampler, 2 * 18 - 1 evaluations
+    score-models sample mnist --digit 7 --out x.npy [--guidance free|classifier] [--scale 2]
 
 Artifacts live in `score_models.artifacts.artifact_dir()`: the checkout's `artifacts/`, or
 `$SCORE_MODELS_ARTIFACT_DIR`, or the user cache. `sample` never trains anything.
@@ -125,13 +126,58 @@ def _check_sample_args(args) -> tuple[Path, Path | None]:
         raise ValueError(f"`--steps` must be a positive integer, got {args.steps}.")
     if not 0 <= args.seed < 2**63:
         raise ValueError(f"`--seed` must be an integer in [0, 2**63), got {args.seed}.")
+    if args.digit is None and (args.guidance is not None or args.scale is not None):
+        raise ValueError("`--guidance` and `--scale` apply to guided sampling: give `--digit` too.")
+    if args.digit is not None:
+        if not 0 <= args.digit <= 9:
+            raise ValueError(f"`--digit` must be an integer in [0, 9], got {args.digit}.")
+        if args.sampler not in (None, "annealed"):
+            raise ValueError("guided sampling (`--digit`) runs annealed Langevin dynamics; drop `--sampler`.")
+        if args.scale is not None and not (args.scale == args.scale and abs(args.scale) < float("inf")):
+            raise ValueError(f"`--scale` must be a finite number, got {args.scale}.")
     out = _output_path("--out", args.out, ".npy")
     png = None if args.png is None else _output_path("--png", args.png, ".png")
     return out, png
 
 
+def _sample_digit(args, out: Path, png: Path | None) -> int:
+    """`--digit K`: guided samples of one digit (chapter 7's settings and models)."""
+    import jax
+    import numpy as np
+
+    from . import artifacts, images, zoo
+    from .zoo import chapter7
+
+    kind = args.guidance or "free"
+    scale = chapter7.CLI_SCALE[kind] if args.scale is None else args.scale
+    needed = ["guide_mnist_conditional"] if kind == "free" else ["mnist_unet", "guide_mnist_classifier"]
+    loaded = {}
+    for name in needed:  # never train as a side effect of sampling
+        found = zoo.check(name)
+        if found.state != "ok":
+            raise ValueError(f"the artifact {name} is {found.state} ({found.detail}); build it first with "
+                             f"`score-models artifacts build {name}`.")
+        loaded[name] = artifacts.load(name, config=zoo.get(name).config)
+    score_fn = chapter7.mnist_guided_score(kind, args.digit, scale, unet=loaded.get("mnist_unet"),
+                                           classifier=loaded.get("guide_mnist_classifier"),
+                                           conditional=loaded.get("guide_mnist_conditional"))
+    t0 = time.perf_counter()
+    pixels = images.to_pixels(chapter7.sample_mnist(score_fn, jax.random.key(args.seed), args.n))
+    np.save(out, pixels)
+    print(f"{args.n} samples of digit {args.digit} ({'classifier-free' if kind == 'free' else 'classifier'} "
+          f"guidance, scale {scale:g}, seed {args.seed}) in {time.perf_counter() - t0:.1f} s: "
+          f"{out} float32 {pixels.shape} in [0, 1]")
+    if png is not None:
+        images.save_png(pixels, png, ncol=min(16, args.n))
+        print(f"grid: {png}")
+    return 0
+
+
 def _sample(args) -> int:
     out, png = _check_sample_args(args)  # every cheap check before the model is loaded
+    if args.digit is not None:
+        return _sample_digit(args, out, png)
+    args.sampler = args.sampler or "annealed"
 
     import jax
     import numpy as np
@@ -186,12 +232,19 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     smp.add_argument("--out", required=True, help="output .npy file: float32 (N, 28, 28) in [0, 1]")
     smp.add_argument("--png", default=None, help="also write a PNG grid of the samples")
-    smp.add_argument("--sampler", choices=["annealed", "pf-ode", "heun"], default="annealed",
+    smp.add_argument("--sampler", choices=["annealed", "pf-ode", "heun"], default=None,
                      help="annealed Langevin dynamics (default), the probability-flow ODE, or Heun's method "
                           "on EDM's noise levels")
     smp.add_argument("--steps", type=int, default=None,
                      help="heun: the number of noise levels (default 18: 35 score evaluations)")
     smp.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    smp.add_argument("--digit", type=int, default=None,
+                     help="sample this digit (0-9) with guidance (chapter 7; annealed Langevin)")
+    smp.add_argument("--guidance", choices=["free", "classifier"], default=None,
+                     help="with --digit: classifier-free guidance (default; artifact guide_mnist_conditional) or "
+                          "classifier guidance (mnist_unet and guide_mnist_classifier)")
+    smp.add_argument("--scale", type=float, default=None,
+                     help="with --digit: the guidance scale (default: chapter 7's choice for the kind)")
     smp.set_defaults(func=_sample)
     return parser
 

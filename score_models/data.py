@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from ._checks import as_float_array, check_finite, check_positive_int
+from ._checks import as_float_array, as_real_scalar, check_finite, check_key, check_positive_int, check_size, is_concrete
 from .distributions import GaussianMixture
 
 # ----------------------------------------------------------------------------------------
@@ -58,7 +58,25 @@ def two_moons(key: PRNGKeyArray, n: int, *, noise: float = 0.05) -> Float[Array,
     sample is far below that of independent draws, which would make noise floors meaningless.)
     The scaling uses the constants of the noiseless moons, so every draw is scaled identically.
     """
-    return _two_moons(key, check_positive_int("n", n), jnp.float32(noise))
+    n = _check_2d_args(key, n)
+    return _two_moons(key, n, jnp.float32(_check_noise(noise)))
+
+
+def _check_2d_args(key, n) -> int:
+    """`key` and `n` of a 2D dataset, checked before compiling: `n` points of 2 coordinates
+    must fit in memory (an impossible size aborts the process instead of raising)."""
+    n = check_positive_int("n", n)
+    check_key("key", key)
+    check_size("n", n * 4)  # the points, their angles, labels and noise
+    return n
+
+
+def _check_noise(noise) -> float:
+    """`noise`: a standard deviation, finite and non-negative."""
+    noise = as_real_scalar("noise", noise)
+    if is_concrete(noise) and not (np.isfinite(noise) and noise >= 0):
+        raise ValueError(f"`noise` must be a finite, non-negative standard deviation, got {noise}.")
+    return noise
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -78,7 +96,11 @@ def circles(key: PRNGKeyArray, n: int, *, noise: float = 0.05, factor: float = 0
     `noise`), scaled by 2: the shape of scikit-learn's `make_circles`, but each point picks a
     circle with probability 1/2 and an angle uniformly in `[0, 2 pi)` (`make_circles` spaces its
     angles evenly, a stratified sample; see `two_moons`)."""
-    return _circles(key, check_positive_int("n", n), jnp.float32(noise), jnp.float32(factor))
+    n = _check_2d_args(key, n)
+    factor = as_real_scalar("factor", factor)
+    if is_concrete(factor) and not (np.isfinite(factor) and factor > 0):
+        raise ValueError(f"`factor` (the inner circle's radius) must be positive and finite, got {factor}.")
+    return _circles(key, n, jnp.float32(_check_noise(noise)), jnp.float32(factor))
 
 
 @functools.partial(jax.jit, static_argnums=1)
@@ -175,6 +197,8 @@ def _verified_content(name: str, path: Path) -> bytes:
 
     Raises `MNISTFileError` naming the file, what it holds and what was expected."""
     size, sha = MNIST_FILES[name]
+    if Path(path).is_dir():
+        raise MNISTFileError(f"MNIST file {path} is a folder, not a file: remove it (the file is downloaded again).")
     try:
         raw = gzip.decompress(Path(path).read_bytes())
     except (OSError, EOFError, zlib.error) as e:
@@ -255,9 +279,17 @@ def parse_idx(raw: bytes, source: str = "IDX data") -> np.ndarray:
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Reads a gzipped IDX file (the MNIST format) into a NumPy array of unsigned bytes."""
-    with gzip.open(path, "rb") as f:
-        return parse_idx(f.read(), str(path))
+    """Reads a gzipped IDX file (the MNIST format) into a NumPy array of unsigned bytes.
+
+    Raises `MNISTFileError` (a ValueError) naming the file when it is not gzip or not IDX."""
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except IsADirectoryError as e:
+        raise MNISTFileError(f"IDX file {path} is a folder, not a file.") from e
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise MNISTFileError(f"IDX file {path} is not a valid gzip file ({e}).") from e
+    return parse_idx(raw, str(path))
 
 
 def mnist_uint8(split: str = "train", *, download: bool = True) -> tuple[np.ndarray, np.ndarray]:

@@ -178,6 +178,74 @@ class GaussianMixture(eqx.Module):
         score of the VP SDE's marginal, equal to `sqrt(1 + sigma^2) perturbed_score(x sqrt(1 +
         sigma^2), sigma)` (`sm.VPSDE.score` makes this conversion for any model)."""
         return self.vp_perturbed(sigma).score(x)
+    def class_log_posterior(self, x: Float[Array, " d"], sigma=0.0) -> Float[Array, " k"]:
+        """The exact class posterior under noise, `log p_sigma(k | x)` for every component `k`,
+        shape `(k,)`, at ONE point `x: (d,)`: each component is a class, and `x` is a clean
+        point perturbed by `N(0, sigma^2 I)` (`sigma = 0`: the clean posterior). By Bayes' rule
+
+            log p_sigma(k | x) = log w_k + log N(x; mu_k, (s_k^2 + sigma^2) I) - log p_sigma(x),
+
+        so `grad_x log p_sigma(k | x) = score of component k at sigma - perturbed_score(x,
+        sigma)`: the exact classifier of classifier guidance. `sigma` may be traced."""
+        return jax.nn.log_softmax(self.perturbed(sigma).component_log_probs(x))
+
+    def subset(self, components) -> "GaussianMixture":
+        """The mixture of some of the components, `components` (indices, or a boolean mask of
+        shape `(k,)`), with their weights renormalised: the conditional distribution `p(x | the
+        class is one of components)`. `gm.subset([k])` is the single Gaussian of class `k`."""
+        idx = np.asarray(components)
+        if idx.dtype == bool:
+            if idx.shape != (self.n_components,):
+                raise ValueError(f"A boolean `components` must have shape ({self.n_components},), got {idx.shape}.")
+            idx = np.flatnonzero(idx)
+        if idx.ndim != 1 or idx.size == 0 or not np.issubdtype(idx.dtype, np.integer):
+            raise ValueError(f"`components` must be a non-empty list of component indices, got {components!r}.")
+        if np.any(idx < 0) or np.any(idx >= self.n_components) or np.unique(idx).size != idx.size:
+            raise ValueError(
+                f"`components` must be distinct indices in [0, {self.n_components}), got {idx.tolist()}."
+            )
+        return GaussianMixture(self.means[idx], self.stds[idx], self.weights[idx])
+
+    def sample_labelled(self, key: PRNGKeyArray, n: int) -> tuple[Float[Array, "n d"], Array]:
+        """`n` exact samples `(n, d)` and the component each came from, `(n,)` int32: the
+        labelled data a classifier of the components trains on. The samples are those of
+        `sample(key, n)`."""
+        n = check_positive_int("n", n)
+        check_key("key", key)
+        check_size("n", n * (self.dim + 2))
+        k, z = _components_and_noise(key, self.weights, n, self.dim, self.means.dtype)
+        return _shift(self.means, k, _scale(self.stds, k, z)), k.astype(jnp.int32)
+
+    def conditional(self, x_known: Float[Array, " d"], mask) -> "GaussianMixture":
+        """The exact conditional distribution of the unknown coordinates given the known ones,
+        `p(x_u | x_m = x_known_m)`, where `mask` `(d,)` (boolean) is True at the known
+        coordinates `m` and `x_known` `(d,)` holds their values (entries where `mask` is False
+        are ignored).
+
+        Again a mixture, over the `u` unknown coordinates: each component is isotropic, so its
+        unknown coordinates are independent of its known ones and keep their mean `mu_{k,u}` and
+        std `s_k`, while the weights become the posterior of the components given the known
+        values,
+
+            w_k' = w_k N(x_m; mu_{k,m}, s_k^2 I) / sum_j w_j N(x_m; mu_{j,m}, s_j^2 I).
+
+        `mask` must be concrete (it sets the dimension of the result) with at least one known
+        and one unknown coordinate."""
+        x_known = as_float_array("x_known", x_known, ndim=1)
+        if x_known.shape != (self.dim,):
+            raise ValueError(f"`x_known` must have shape ({self.dim},), got {tuple(x_known.shape)}.")
+        if not is_concrete(mask):
+            raise ValueError("`mask` must be concrete (a NumPy or JAX boolean array), not traced.")
+        mask = np.asarray(mask)
+        if mask.dtype != bool or mask.shape != (self.dim,):
+            raise ValueError(f"`mask` must be a boolean array of shape ({self.dim},), got {mask.dtype} {mask.shape}.")
+        if mask.all() or not mask.any():
+            raise ValueError(f"`mask` must mark at least one known and one unknown coordinate, got {mask.tolist()}.")
+        check_finite("x_known", x_known[mask])
+        known, unknown = np.flatnonzero(mask), np.flatnonzero(~mask)
+        marginal = GaussianMixture(self.means[:, known], self.stds, self.weights)
+        log_w = jax.nn.log_softmax(marginal.component_log_probs(x_known[known]))
+        return GaussianMixture(self.means[:, unknown], self.stds, jnp.exp(log_w))
 
     def cdf(self, x: Float[Array, "..."]) -> Float[Array, "..."]:
         """The cumulative distribution function of a 1D mixture, elementwise on any shape."""

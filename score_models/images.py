@@ -7,6 +7,8 @@ space, or `(n, 28, 28)` where only the pixels matter. Samples come out of a samp
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import matplotlib.image
 import numpy as np
 from jaxtyping import Float, UInt8
@@ -59,5 +61,10 @@ def image_grid(images, ncol: int = 16, pad: int = 1) -> Float[np.ndarray, "H W"]
 
 
 def save_png(images, path, ncol: int = 16) -> None:
-    """Writes a grid of images (pixel values in [0, 1], clipped) to a PNG file."""
+    """Writes a grid of images (pixel values in [0, 1], clipped) to a PNG file at `path`, whose
+    folder must exist (checked before any work)."""
+    path = Path(path).expanduser()
+    folder = path.resolve().parent
+    if not folder.is_dir():
+        raise ValueError(f"`path`: the folder {folder} does not exist.")
     matplotlib.image.imsave(path, np.clip(image_grid(images, ncol), 0, 1), cmap="gray", vmin=0.0, vmax=1.0)

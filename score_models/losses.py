@@ -27,11 +27,13 @@ from ._checks import (
 from .models.ensemble import ScoreEnsemble
 
 __all__ = [
+    "class_conditional_denoising_score_matching",
     "continuous_denoising_score_matching",
     "denoising_score_matching",
     "explicit_score_matching",
     "implicit_score_matching",
     "multiscale_denoising_score_matching",
+    "noise_conditional_classification",
     "sliced_score_matching",
 ]
 
@@ -219,6 +221,88 @@ def continuous_denoising_score_matching(sigma_min: float, sigma_max: float) -> L
         z = jax.random.normal(key_z, batch.shape, batch.dtype)
         sigma_b = sigma.reshape(-1, *([1] * (batch.ndim - 1)))
         s = jax.vmap(model)(batch + sigma_b * z, sigma)
+        return 0.5 * jnp.mean(_sum_event((sigma_b * s + z) ** 2))
+
+    return loss_fn
+
+
+# ------------------------------------------------------------------------------------------
+# Labelled data: classifiers of noisy examples and class-conditional scores (guidance)
+
+
+def _labelled_batch(batch):
+    """At trace time: `batch` is `(x, labels)` with floating `x` `(n, *shape)` and integer
+    `labels` `(n,)`."""
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+        raise ValueError("The loss's `batch` must be a pair `(x, labels)`: train on `data=(x, labels)`.")
+    x, labels = batch
+    if not jnp.issubdtype(x.dtype, jnp.floating) or x.ndim < 2:
+        raise ValueError(f"The loss's `x` must be floating point of shape (n, *shape), got {x.dtype} {x.shape}.")
+    if not jnp.issubdtype(labels.dtype, jnp.integer) or labels.shape != x.shape[:1]:
+        raise ValueError(
+            f"The loss's `labels` must be integers of shape {x.shape[:1]}, got {labels.dtype} {labels.shape}."
+        )
+    return x, labels
+
+
+def _noise_levels(sigmas, key, x):
+    """One level per example, uniform over `sigmas`: `(n,)` and broadcastable `(n, 1, ...)`."""
+    sigma = sigmas[jax.random.randint(key, (x.shape[0],), 0, sigmas.shape[0])].astype(x.dtype)
+    return sigma, sigma.reshape(-1, *([1] * (x.ndim - 1)))
+
+
+def noise_conditional_classification(sigmas: Float[Array, " L"]) -> LossFn:
+    """Cross-entropy of a classifier of noisy examples (Song et al. 2021; Dhariwal & Nichol
+    2021), the classifier of classifier guidance:
+
+        E_sigma E_{(x, y), z} [-log_softmax(c(x + sigma z, sigma))_y],
+
+    each example drawing its level uniformly from `sigmas` (the levels the sampler visits). Its
+    minimiser is `log p_sigma(y | x)` at every level. `batch` is `(x, labels)`: `x` `(n, *shape)`,
+    `labels` `(n,)` integers; the model maps ONE noisy example and a scalar sigma to logits."""
+    sigmas = check_sigmas("sigmas", sigmas)
+
+    def loss_fn(model, batch, key):
+        x, labels = _labelled_batch(batch)
+        key_s, key_z = jax.random.split(key)
+        sigma, sigma_b = _noise_levels(sigmas, key_s, x)
+        z = jax.random.normal(key_z, x.shape, x.dtype)
+        logits = jax.vmap(model)(x + sigma_b * z, sigma)
+        if logits.ndim != 2:
+            raise ValueError(f"The classifier must return the logits `(n_classes,)` of ONE example, got "
+                             f"shape {logits.shape[1:]}.")
+        log_p = jax.nn.log_softmax(logits)
+        return -jnp.mean(jnp.take_along_axis(log_p, labels[:, None], axis=1))
+
+    return loss_fn
+
+
+def class_conditional_denoising_score_matching(sigmas: Float[Array, " L"], *, null_label: int,
+                                               drop_probability: float = 0.2) -> LossFn:
+    """Multi-scale denoising score matching of a class-conditional model `s(x, sigma, label)`
+    with label dropout (Ho & Salimans 2022): each example's label is replaced by `null_label`
+    ("no label") with probability `drop_probability`, so one network learns both the conditional
+    score `grad log p_sigma(x | y)` and the unconditional `grad log p_sigma(x)` that
+    classifier-free guidance combines. Loss, with weight `sigma^2` and `sigma` uniform over
+    `sigmas`: `1/2 E ||sigma s(x + sigma z, sigma, label') + z||^2`. `batch` is `(x, labels)`."""
+    sigmas = check_sigmas("sigmas", sigmas)
+    null_label = int(null_label) if isinstance(null_label, (int, np.integer)) and not isinstance(
+        null_label, (bool, np.bool_)) else null_label
+    if not isinstance(null_label, int) or null_label < 0:
+        raise ValueError(f"`null_label` must be a non-negative integer, got {null_label!r}.")
+    p = float(drop_probability) if isinstance(drop_probability, (int, float, np.floating)) else drop_probability
+    if not isinstance(p, float) or isinstance(drop_probability, bool) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"`drop_probability` must be a number in [0, 1], got {drop_probability!r}.")
+
+    def loss_fn(model, batch, key):
+        x, labels = _labelled_batch(batch)
+        key_s, key_z, key_d = jax.random.split(key, 3)
+        sigma, sigma_b = _noise_levels(sigmas, key_s, x)
+        z = jax.random.normal(key_z, x.shape, x.dtype)
+        labels = jnp.where(jax.random.bernoulli(key_d, p, labels.shape), null_label, labels)
+        s = jax.vmap(model)(x + sigma_b * z, sigma, labels)
+        if s.shape != x.shape:
+            raise ValueError(f"`model` must return the shape of one example, {x.shape[1:]}; got {s.shape[1:]}.")
         return 0.5 * jnp.mean(_sum_event((sigma_b * s + z) ** 2))
 
     return loss_fn

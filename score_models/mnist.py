@@ -59,6 +59,23 @@ def _batched(fn: Callable, x: np.ndarray, batch: int) -> np.ndarray:
     return np.concatenate([np.asarray(fn(x[i:i + batch])) for i in range(0, x.shape[0], batch)])[:n]
 
 
+#: How far outside [0, 1] a pixel may lie: samples come out of a sampler unclipped, a little
+#: beyond the range; 8-bit grey levels (0..255) are far beyond it.
+PIXEL_MARGIN = 1.0
+
+
+def _pixel_images(images) -> np.ndarray:
+    """`images` as `as_images` returns them, refusing values far outside [0, 1] pixel space."""
+    x = as_images(images)
+    lo, hi = float(x.min()), float(x.max())
+    if lo < -PIXEL_MARGIN or hi > 1 + PIXEL_MARGIN:
+        raise ValueError(
+            f"`images` must be pixels in [0, 1] (unclipped samples may stray by up to {PIXEL_MARGIN:g}), "
+            f"got values in [{lo:g}, {hi:g}]; divide 8-bit grey levels by 255, or clip with images.to_pixels."
+        )
+    return x
+
+
 @jax.jit
 def _proba(classifier, x):
     return jax.nn.softmax(jax.vmap(classifier)(x), axis=-1)
@@ -70,15 +87,15 @@ def _features(classifier, x):
 
 
 def predict_proba(classifier, images, *, batch: int = 500) -> Float[np.ndarray, "n 10"]:
-    """Class probabilities `(n, 10)` of `images` under `classifier`."""
-    x = as_images(images)
+    """Class probabilities `(n, 10)` of `images` (pixels in [0, 1]) under `classifier`."""
+    x = _pixel_images(images)
     batch = min(check_positive_int("batch", batch), x.shape[0])
     return _batched(lambda b: _proba(classifier, b), x, batch)
 
 
 def features(classifier, images, *, batch: int = 500) -> Float[np.ndarray, "n f"]:
-    """The classifier's penultimate-layer features `(n, f)` of `images`."""
-    x = as_images(images)
+    """The classifier's penultimate-layer features `(n, f)` of `images` (pixels in [0, 1])."""
+    x = _pixel_images(images)
     batch = min(check_positive_int("batch", batch), x.shape[0])
     return _batched(lambda b: _features(classifier, b), x, batch)
 
@@ -111,6 +128,9 @@ def _feature_pair(f1, f2, min_rows: int = 2) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(
             f"`f1` and `f2` must have shapes (n, f) and (m, f) with n, m >= {min_rows}; got {f1.shape}, {f2.shape}."
         )
+    for name, f in (("f1", f1), ("f2", f2)):
+        if not np.all(np.isfinite(f)):
+            raise ValueError(f"`{name}` contains {int(np.sum(~np.isfinite(f)))} NaN or infinite value(s).")
     return f1, f2
 
 
@@ -193,8 +213,8 @@ def quality(classifier, images, reference_features, *, n_blocks: int = 10) -> di
     """The sample-quality summary of `images` against real digits' `reference_features`:
     `n`, `confident` (fraction with confidence > 0.9), `class_fractions` (10,),
     `min_class_fraction`, `max_class_fraction`, `frechet` (Frechet distance of the classifier
-    features) and `kid` (a `KernelDistance`)."""
-    x = as_images(images)
+    features) and `kid` (a `KernelDistance`). `images` are pixels in [0, 1]."""
+    x = _pixel_images(images)
     probs = predict_proba(classifier, x)
     fr = class_fractions(probs)
     f = features(classifier, x)

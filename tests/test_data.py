@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import shutil
 import struct
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -52,6 +55,32 @@ def test_two_moons_is_standardised_and_circles_have_their_radii():
     radii = np.linalg.norm(circ, axis=-1)
     assert np.allclose(np.sort(np.unique(radii.round(4))), [1.0, 2.0])
     assert 0.4 < np.mean(radii > 1.5) < 0.6
+
+
+@pytest.mark.parametrize("call, named", [
+    (lambda k: data.two_moons(k, 16, noise=float("nan")), "`noise`"),
+    (lambda k: data.two_moons(k, 16, noise=-1.0), "`noise`"),
+    (lambda k: data.circles(k, 16, noise=float("inf")), "`noise`"),
+    (lambda k: data.circles(k, 16, factor=float("nan")), "`factor`"),
+    (lambda k: data.circles(k, 16, factor=0.0), "`factor`"),
+    (lambda k: data.two_moons(3, 16), "`key`"),
+    (lambda k: data.circles(k, 16, noise="0.1"), "`noise`"),
+])
+def test_2d_dataset_arguments_are_refused_before_sampling(call, named):
+    # NaN noise or radius used to give NaN points silently, a negative noise a silent sign flip.
+    with pytest.raises(ValueError, match=named):
+        call(jax.random.key(0))
+
+
+def test_2d_dataset_of_an_impossible_size_is_refused_and_the_process_survives():
+    # Without a size check, reading 10**10 points aborts the whole process (SIGABRT in XLA).
+    code = ("import jax, numpy as np\nfrom score_models import data\n"
+            "try:\n    np.asarray(data.{}(jax.random.key(0), 10**10))\n"
+            "except ValueError as e:\n    print('refused:', e)\n")
+    for name in ("two_moons", "circles"):
+        proc = subprocess.run([sys.executable, "-c", code.format(name)], capture_output=True, text=True,
+                              timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+        assert proc.returncode == 0 and "refused: `n` asks for" in proc.stdout, (proc.stdout, proc.stderr[-500:])
 
 
 def test_unknown_dataset_name():
@@ -161,6 +190,15 @@ def test_read_idx(tmp_path):
         data.read_idx(tmp_path / "float.gz")
 
 
+def test_read_idx_names_a_file_that_is_not_gzip_or_a_folder(tmp_path):
+    (tmp_path / "plain.gz").write_bytes(b"not gzip at all")
+    with pytest.raises(data.MNISTFileError, match="plain.gz is not a valid gzip file"):
+        data.read_idx(tmp_path / "plain.gz")
+    (tmp_path / "folder.gz").mkdir()
+    with pytest.raises(data.MNISTFileError, match="folder.gz is a folder"):
+        data.read_idx(tmp_path / "folder.gz")
+
+
 NAME = "t10k-labels-idx1-ubyte.gz"
 
 
@@ -192,6 +230,13 @@ def test_download_from_a_mirror_is_verified_and_atomic(fake_mirror, tmp_path, mo
     assert path.read_bytes() == payload
     np.testing.assert_array_equal(data.read_idx(path), labels)
     assert [p.name for p in path.parent.iterdir()] == [NAME]  # no .part files left behind
+
+
+def test_a_folder_in_place_of_an_mnist_file_is_named(fake_mirror, tmp_path):
+    dest = tmp_path / "data" / "mnist" / NAME
+    dest.mkdir(parents=True)
+    with pytest.raises(data.MNISTFileError, match=f"{NAME} is a folder, not a file"):
+        data.mnist_file(NAME, download=False)
 
 
 def test_download_failure_says_where_to_put_the_files(fake_mirror, tmp_path, monkeypatch):

@@ -19,6 +19,7 @@ from jax import lax
 
 import score_models as sm
 from score_models import artifacts, cli, images, mnist, zoo
+from score_models.models import Classifier, UNet
 from score_models.models.unet import Conv2d, GroupNorm
 from score_models.zoo import chapter6
 
@@ -155,6 +156,14 @@ def test_image_helpers():
         images.image_grid(p, ncol=0)
 
 
+def test_save_png_checks_its_folder_before_any_work(tmp_path):
+    x = np.full((2, 28, 28), 0.5, np.float32)
+    with pytest.raises(ValueError, match="`path`: the folder .*missing does not exist"):
+        images.save_png(x, tmp_path / "missing" / "x.png")
+    images.save_png(x, tmp_path / "x.png")
+    assert (tmp_path / "x.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 # ---------------------------------------------------------------------------------------
 # Classifier and sample-quality metrics
 
@@ -281,6 +290,24 @@ def test_quality_summary_keys():
     assert q["min_class_fraction"] == pytest.approx(q["class_fractions"].min())
     assert q["max_class_fraction"] == pytest.approx(q["class_fractions"].max())
     assert q["frechet"] >= -1e-6 and q["kid"].n_blocks == 2
+
+
+def test_quality_refuses_grey_levels_and_non_finite_features():
+    c = sm.models.from_config({"type": "Classifier", "channels": [4, 8], "n_features": 6}, jax.random.key(0))
+    ref = np.random.default_rng(0).normal(size=(30, 6))
+    grey = np.linspace(0, 255, 8 * 784).reshape(8, 1, 28, 28)  # 8-bit levels, not [0, 1] pixels
+    for call in (lambda: mnist.quality(c, grey, ref, n_blocks=2), lambda: mnist.predict_proba(c, grey),
+                 lambda: mnist.features(c, grey)):
+        with pytest.raises(ValueError, match=r"`images` must be pixels in \[0, 1\].*255"):
+            call()
+    # Unclipped samples, a little outside [0, 1], are still accepted.
+    assert mnist.predict_proba(c, np.full((2, 28, 28), 1.2)).shape == (2, 10)
+    with pytest.raises(ValueError, match="`f1` contains 15 NaN"):
+        mnist.frechet_distance(np.full((5, 3), np.nan), np.ones((5, 3)))
+    bad = ref.copy()
+    bad[3, 2] = np.inf
+    with pytest.raises(ValueError, match="`f2` contains 1 NaN or infinite"):
+        mnist.kernel_distance(ref, bad, n_blocks=2)
 
 
 # ---------------------------------------------------------------------------------------
@@ -570,3 +597,18 @@ def test_sharded_training_matches_one_device():
     # the summation order of the gradients; Adam would amplify float32 round-off in near-zero
     # gradients into sign flips of whole steps.
     assert result["param_rel_err"] < 1e-5
+
+
+@pytest.mark.parametrize("channels", [0, (), "32", (16.7, 32), (16,), (16, 32, 64)])
+def test_classifier_refuses_bad_channels(channels):
+    """Reliability cases 57-58: a wrong count or a non-integer width is an error naming `channels`
+    (it was an unpacking error, or 16.7 silently truncated to 16)."""
+    with pytest.raises(ValueError, match="`channels`"):
+        Classifier(channels=channels, key=jax.random.key(0))
+
+
+@pytest.mark.parametrize("channels", [0, (), "32", (32.5, 64), (32, -1)])
+def test_unet_refuses_bad_channels(channels):
+    """Reliability case 55: `UNet(channels=0)` was a TypeError ('int' object is not iterable)."""
+    with pytest.raises(ValueError, match="`channels`"):
+        UNet(channels=channels, key=jax.random.key(0))

@@ -7,6 +7,8 @@ distance in `score_models.mnist`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -44,7 +46,9 @@ class Classifier(eqx.Module):
     n_classes: int = eqx.field(static=True)
 
     def __init__(self, channels=(16, 32), n_features: int = 128, n_classes: int = 10, *, key: PRNGKeyArray):
-        c1, c2 = (check_positive_int("channels", int(c)) for c in channels)
+        if isinstance(channels, (str, bytes)) or not isinstance(channels, Sequence) or len(channels) != 2:
+            raise ValueError(f"`channels` must be two positive integers (c1, c2), got {channels!r}.")
+        c1, c2 = (check_positive_int("channels", c) for c in channels)
         self.channels = (c1, c2)
         self.n_features = check_positive_int("n_features", n_features)
         self.n_classes = check_positive_int("n_classes", n_classes)

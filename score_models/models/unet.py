@@ -234,9 +234,10 @@ class UNet(eqx.Module):
         image_shape = tuple(int(s) for s in image_shape)
         if len(image_shape) != 3:
             raise ValueError(f"`image_shape` must be (channels, height, width), got {image_shape}.")
-        channels = tuple(check_positive_int("channels", int(c)) for c in channels)
-        if not channels:
-            raise ValueError("`channels` must name at least one level, got ().")
+        if isinstance(channels, (str, bytes)) or not isinstance(channels, Sequence) or not channels:
+            raise ValueError(f"`channels` must be a non-empty sequence of positive integers (one per level), "
+                             f"got {channels!r}.")
+        channels = tuple(check_positive_int("channels", c) for c in channels)
         patch = check_positive_int("patch", patch)
         c_img, height, width = image_shape
         factor = patch * 2 ** (len(channels) - 1)

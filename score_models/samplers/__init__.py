@@ -6,6 +6,8 @@
 - `edm.py`: Euler (DDIM) and Heun steps of the PF-ODE on a fixed schedule (`edm_sigmas`),
   with optional churn (Karras et al. 2022);
 - `tweedie.py`: Tweedie's denoising step, the optional last step of every sampler;
+- `guidance.py`: guided score functions (classifier and classifier-free guidance) and
+  inpainting by replacement;
 - `result.py`: `SamplerResult`.
 
 They share argument names: `score_fn`, `x_init` (the starting particles, `(n, *shape)`), `key`,
@@ -14,6 +16,15 @@ They share argument names: `score_fn`, `x_init` (the starting particles, `(n, *s
 """
 
 from .edm import edm_sampler, edm_sigmas
+from .guidance import (
+    ClassifierFreeScore,
+    ClassLogLikelihood,
+    GuidedScore,
+    class_log_likelihood,
+    classifier_free_score,
+    guided_score,
+    inpaint,
+)
 from .langevin import annealed_langevin, langevin
 from .ode import LikelihoodResult, log_likelihood, probability_flow_ode
 from .result import SamplerResult
@@ -21,11 +32,18 @@ from .reverse import predictor_corrector, reverse_sde
 from .tweedie import tweedie_denoise
 
 __all__ = [
+    "ClassLogLikelihood",
+    "ClassifierFreeScore",
+    "GuidedScore",
     "LikelihoodResult",
     "SamplerResult",
     "annealed_langevin",
+    "class_log_likelihood",
+    "classifier_free_score",
     "edm_sampler",
     "edm_sigmas",
+    "guided_score",
+    "inpaint",
     "langevin",
     "log_likelihood",
     "predictor_corrector",
