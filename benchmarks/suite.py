@@ -312,6 +312,46 @@ def mnist_fit(*, smoke: bool, peak=None) -> dict:
             "mnist_fit_batch_size": batch}
 
 
+def _slug(name: str) -> str:
+    """`"Heun + churn"` -> `"heun_churn"`."""
+    return "_".join("".join(c if c.isalnum() else " " for c in name.lower()).split())
+
+
+# Toy settings for --smoke: every sampler runs a handful of steps.
+_SMOKE_SETTINGS = {"n_steps_each": 1, "n_levels": 3, "n_steps": 3, "tol": 0.3}
+
+
+def mnist_sampling(*, smoke: bool, peak=None) -> dict:
+    """MNIST samples per second of every sampler of chapter 8 at its chapter setting
+    (`zoo.chapter8.MNIST_SAMPLERS`), one chunk of 32 images after compilation, with the trained
+    U-Net (smoke: 2 images, toy settings); and how many times faster than annealed Langevin
+    each one is. Printed, never asserted."""
+    from score_models.zoo import chapter8
+
+    _recipe("mnist_unet")
+    if sm.zoo.status("mnist_unet") != "ok":  # (an untrained U-Net's zero score breaks the corrector)
+        raise Unavailable("the mnist_unet artifact is not built")
+    model = sm.zoo.load("mnist_unet")
+    batch = 2 if smoke else 32
+    out = {"mnist_sampling_batch": batch}
+    for name, settings in chapter8.MNIST_SAMPLERS.items():
+        toy = {k: v for k, v in _SMOKE_SETTINGS.items() if k in settings} if smoke else {}
+        result = {}
+
+        def run():
+            result["r"] = chapter8.sample_mnist(model, jax.random.key(3), batch, sampler=name, chunk_size=batch, **toy)
+            return result["r"].samples
+
+        seconds = best_time(run, repeats=1)
+        key = _slug(name)
+        out[f"mnist_samples_per_second_{key}"] = batch / seconds
+        out[f"mnist_score_evals_{key}"] = result["r"].score_evals
+    base = out[f"mnist_samples_per_second_{_slug('annealed Langevin')}"]
+    for name in chapter8.MNIST_SAMPLERS:
+        out[f"mnist_speed_vs_annealed_{_slug(name)}"] = out[f"mnist_samples_per_second_{_slug(name)}"] / base
+    return out
+
+
 BENCHMARKS = {
     "matmul_peak": matmul_peak,
     "fit_vs_python_loop": fit_vs_python_loop,
@@ -321,4 +361,5 @@ BENCHMARKS = {
     "chapters_2_3": chapters_2_3,
     "mnist_training": mnist_training,
     "mnist_fit": mnist_fit,
+    "mnist_sampling": mnist_sampling,
 }

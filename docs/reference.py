@@ -29,9 +29,13 @@ MODULES = [
     ("score_models.losses", "Losses", "Score-matching objectives `loss_fn(model, batch, key)`."),
     ("score_models.training", "Training", "The scan-fused training loop."),
     ("score_models.samplers", "Samplers",
-     "Langevin, annealed Langevin, reverse SDE, predictor-corrector and probability-flow ODE, each "
-     "returning a `SamplerResult`; Tweedie's denoising step; exact log-likelihoods."),
-    ("score_models.sde", "SDE", "The variance-exploding SDE and its forward noising process."),
+     "Langevin, annealed Langevin, reverse SDE, predictor-corrector, probability-flow ODE and "
+     "Euler (DDIM) / Heun on EDM's schedule, each returning a `SamplerResult`; Tweedie's "
+     "denoising step; exact log-likelihoods."),
+    ("score_models.sde", "SDE", "The forward SDEs behind one interface: variance exploding and variance preserving."),
+    ("score_models.conversions", "Conventions",
+     "One score model as a noise predictor (DDPM), a denoiser (EDM) or a VP model; DDPM's "
+     "`alpha_bar` and steps as noise levels."),
     ("score_models.metrics", "Metrics",
      "Sample distances, the energy test (an unbiased distance with its uncertainty), noise floors, "
      "score errors."),

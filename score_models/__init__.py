@@ -4,7 +4,7 @@ kernels."""
 
 __version__ = "0.1.0"
 
-from . import artifacts, data, losses, metrics, models, plotting, samplers, zoo
+from . import artifacts, conversions, data, losses, metrics, models, plotting, samplers, zoo
 from .distributions import GaussianMixture
 from .noise import geometric_sigmas
 from .samplers import (
@@ -12,6 +12,8 @@ from .samplers import (
     SamplerResult,
     annealed_langevin,
     classifier_free_score,
+    edm_sampler,
+    edm_sigmas,
     guided_score,
     inpaint,
     langevin,
@@ -21,18 +23,23 @@ from .samplers import (
     reverse_sde,
     tweedie_denoise,
 )
-from .sde import VESDE
+from .sde import SDE, VESDE, VPSDE
 from .training import fit
 
 __all__ = [
     "GaussianMixture",
     "LikelihoodResult",
     "SamplerResult",
+    "SDE",
     "VESDE",
+    "VPSDE",
     "annealed_langevin",
     "artifacts",
+    "conversions",
     "data",
     "classifier_free_score",
+    "edm_sampler",
+    "edm_sigmas",
     "fit",
     "geometric_sigmas",
     "guided_score",

@@ -4,7 +4,8 @@
     score-models artifacts build [NAME ...]        # retrain (all, or the named ones)
     score-models artifacts build --stale           # retrain only missing, stale or corrupt ones
     score-models artifacts verify [NAME ...]       # exit 1 unless every artifact is up to date
-    score-models sample mnist --n 64 --out x.npy [--png x.png] [--sampler annealed|pf-ode] [--seed 0]
+    score-models sample mnist --n 64 --out x.npy [--png x.png] [--sampler annealed|pf-ode|heun] [--seed 0]
+    score-models sample mnist --sampler heun --steps 18 ...   # EDM's Heun sampler, 2 * 18 - 1 evaluations
     score-models sample mnist --digit 7 --out x.npy [--guidance free|classifier] [--scale 2]
 
 Artifacts live in `score_models.artifacts.artifact_dir()`: the checkout's `artifacts/`, or
@@ -119,6 +120,10 @@ def _check_sample_args(args) -> tuple[Path, Path | None]:
     if args.n <= 0:
         raise ValueError(f"`--n` must be a positive integer, got {args.n}.")
     check_fits_in_memory("--n", args.n * _BYTES_PER_IMAGE, f"{args.n} images")
+    if args.steps is not None and args.sampler != "heun":
+        raise ValueError(f"`--steps` is used by `--sampler heun` only, not {args.sampler!r}.")
+    if args.steps is not None and args.steps <= 0:
+        raise ValueError(f"`--steps` must be a positive integer, got {args.steps}.")
     if not 0 <= args.seed < 2**63:
         raise ValueError(f"`--seed` must be an integer in [0, 2**63), got {args.seed}.")
     if args.digit is None and (args.guidance is not None or args.scale is not None):
@@ -177,7 +182,8 @@ def _sample(args) -> int:
     import jax
     import numpy as np
 
-    from . import artifacts, mnist, zoo
+    from . import artifacts, images, zoo
+    from .zoo import chapter6
 
     found = zoo.check("mnist_unet")
     if found.state != "ok":  # never train as a side effect of sampling, whatever the mode
@@ -185,13 +191,19 @@ def _sample(args) -> int:
                          f"`score-models artifacts build mnist_unet`.")
     model = artifacts.load("mnist_unet", config=zoo.get("mnist_unet").config)
     t0 = time.perf_counter()
-    x = mnist.sample(model, jax.random.key(args.seed), args.n, sampler=args.sampler)
-    images = mnist.to_pixels(x)
-    np.save(out, images)
+    if args.sampler == "heun":  # EDM's Heun sampler (chapter 8)
+        from .zoo.chapter8 import sample_mnist
+
+        levels = {} if args.steps is None else {"n_levels": args.steps}
+        x = sample_mnist(model, jax.random.key(args.seed), args.n, sampler="Heun", **levels).samples
+    else:
+        x = chapter6.sample(model, jax.random.key(args.seed), args.n, sampler=args.sampler).samples
+    pixels = images.to_pixels(x)
+    np.save(out, pixels)
     print(f"{args.n} samples ({args.sampler}, seed {args.seed}) in {time.perf_counter() - t0:.1f} s: "
-          f"{out} float32 {images.shape} in [0, 1]")
+          f"{out} float32 {pixels.shape} in [0, 1]")
     if png is not None:
-        mnist.save_png(images, png, ncol=min(16, args.n))
+        images.save_png(pixels, png, ncol=min(16, args.n))
         print(f"grid: {png}")
     return 0
 
@@ -220,8 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     smp.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     smp.add_argument("--out", required=True, help="output .npy file: float32 (N, 28, 28) in [0, 1]")
     smp.add_argument("--png", default=None, help="also write a PNG grid of the samples")
-    smp.add_argument("--sampler", choices=["annealed", "pf-ode"], default=None,
-                     help="annealed Langevin dynamics (default) or the probability-flow ODE")
+    smp.add_argument("--sampler", choices=["annealed", "pf-ode", "heun"], default=None,
+                     help="annealed Langevin dynamics (default), the probability-flow ODE, or Heun's method "
+                          "on EDM's noise levels")
+    smp.add_argument("--steps", type=int, default=None,
+                     help="heun: the number of noise levels (default 18: 35 score evaluations)")
     smp.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     smp.add_argument("--digit", type=int, default=None,
                      help="sample this digit (0-9) with guidance (chapter 7; annealed Langevin)")

@@ -161,6 +161,23 @@ class GaussianMixture(eqx.Module):
         components and dimension shares that compilation (a fresh lambda recompiles)."""
         return self.perturbed(sigma).score(x)
 
+    def vp_perturbed(self, sigma) -> "GaussianMixture":
+        """The distribution of `s (x + sigma z)` with `s = 1 / sqrt(1 + sigma^2)`: the marginal of
+        a variance-preserving SDE (`sm.VPSDE`) at the time `t` whose noise level is `sigma`
+        (`vp_perturbed(sde.sigma(t))`), whatever its `beta` schedule.
+
+        A mixture again: means `s mu_k`, stds `s sqrt(s_k^2 + sigma^2)`, the same weights.
+        `sigma` may be a traced scalar.
+        """
+        p = self.perturbed(sigma)
+        scale = jax.lax.rsqrt(1 + jnp.asarray(sigma, dtype=self.stds.dtype) ** 2)
+        return GaussianMixture(scale * p.means, scale * p.stds, p.weights)
+
+    def vp_perturbed_score(self, x: Float[Array, " d"], sigma) -> Float[Array, " d"]:
+        """The exact score `grad_x log` of `vp_perturbed(sigma)` at ONE point `x: (d,)`: the
+        score of the VP SDE's marginal, equal to `sqrt(1 + sigma^2) perturbed_score(x sqrt(1 +
+        sigma^2), sigma)` (`sm.VPSDE.score` makes this conversion for any model)."""
+        return self.vp_perturbed(sigma).score(x)
     def class_log_posterior(self, x: Float[Array, " d"], sigma=0.0) -> Float[Array, " k"]:
         """The exact class posterior under noise, `log p_sigma(k | x)` for every component `k`,
         shape `(k,)`, at ONE point `x: (d,)`: each component is a class, and `x` is a clean

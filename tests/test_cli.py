@@ -180,12 +180,18 @@ def test_sample_never_trains_a_missing_model(unet_registry, artifact_dir, tmp_pa
 def test_sample_uses_the_cached_model_in_every_mode(unet_registry, artifact_dir, tmp_path, monkeypatch, capsys, mode):
     """With the artifact present, `sample` loads it and never retrains it (not even under
     SCORE_MODELS_ARTIFACTS=rebuild)."""
-    from score_models import mnist
+    from score_models.zoo import chapter6
 
     config = zoo.get("mnist_unet").config
     sm.artifacts.save("mnist_unet", sm.models.from_config(config["model"], jax.random.key(0)), config)
     sampled = []
-    monkeypatch.setattr(mnist, "sample", lambda model, key, n, sampler: sampled.append(n) or jax.numpy.zeros((n, 1, 28, 28)))
+
+    def fake_sample(model, key, n, sampler):
+        sampled.append(n)
+        return sm.SamplerResult(samples=jax.numpy.zeros((n, 1, 28, 28)), trajectory=None, trajectory_sigmas=None,
+                                samples_before_denoise=None, score_evals=0, n_diverged=0, stats={})
+
+    monkeypatch.setattr(chapter6, "sample", fake_sample)
     if mode is None:
         monkeypatch.delenv("SCORE_MODELS_ARTIFACTS")
     else:

@@ -1,8 +1,10 @@
 """Samplers: every one returns a `SamplerResult`.
 
 - `langevin.py`: plain and annealed Langevin dynamics (one `lax.scan`);
-- `reverse.py`: the reverse-time VE SDE, Euler-Maruyama and predictor-corrector;
+- `reverse.py`: the reverse-time SDE (VE or VP), Euler-Maruyama and predictor-corrector;
 - `ode.py`: the probability-flow ODE (diffrax) and the exact log-likelihood;
+- `edm.py`: Euler (DDIM) and Heun steps of the PF-ODE on a fixed schedule (`edm_sigmas`),
+  with optional churn (Karras et al. 2022);
 - `tweedie.py`: Tweedie's denoising step, the optional last step of every sampler;
 - `guidance.py`: guided score functions (classifier and classifier-free guidance) and
   inpainting by replacement;
@@ -13,6 +15,7 @@ They share argument names: `score_fn`, `x_init` (the starting particles, `(n, *s
 `throw`.
 """
 
+from .edm import edm_sampler, edm_sigmas
 from .guidance import (
     ClassifierFreeScore,
     ClassLogLikelihood,
@@ -37,6 +40,8 @@ __all__ = [
     "annealed_langevin",
     "class_log_likelihood",
     "classifier_free_score",
+    "edm_sampler",
+    "edm_sigmas",
     "guided_score",
     "inpaint",
     "langevin",

@@ -54,6 +54,7 @@ from .._checks import (
     check_sigma_range,
     is_concrete,
 )
+from ..sde import SDE, VESDE, sampling_times
 from ._scan import tweedie_step
 from ._solver import check_save_sigmas, check_solve, score_evals, setup_solver
 from .result import SamplerResult, finish
@@ -65,13 +66,37 @@ def _sigma_scalar(name, value, dtype):
     return as_float_array(name, value, ndim=0).astype(dtype)
 
 
+def _scaled_field(sde: SDE, score_fn):
+    """The probability-flow ODE in sigma of the state `y = s(sigma) x` of a scaled SDE,
+    `dy/dsigma = (s'/s) y - s sigma score_fn(y / s, sigma)`, for ONE example."""
+
+    def field(y, sigma):
+        a, da = jax.jvp(sde.scale_at, (sigma,), (jnp.ones_like(sigma),))
+        return (da / a) * y - a * sigma * score_fn(y / a, sigma)
+
+    return field
+
+
+def _check_sde(sde, sigma_max, sigma_min) -> SDE | None:
+    """None for the VE SDE (whose ODE in sigma is the default one), else the checked SDE."""
+    if sde is None:
+        return None
+    sampling_times(sde, sigma_max, sigma_min)  # checks the type and the range
+    return None if isinstance(sde, VESDE) else sde
+
+
 @eqx.filter_jit
 def _pf_ode_kernel(score_fn, x_init, sigma_max, sigma_min, save_sigmas, solver, controller, dt0,
-                   max_steps, denoise):
+                   max_steps, denoise, sde=None):
     batched_score = jax.vmap(score_fn, in_axes=(0, None))
+    if sde is None:
+        def drift(sigma, x, args):
+            return -sigma * batched_score(x, sigma)
+    else:
+        batched_field = jax.vmap(_scaled_field(sde, score_fn), in_axes=(0, None))
 
-    def drift(sigma, x, args):
-        return -sigma * batched_score(x, sigma)
+        def drift(sigma, x, args):
+            return batched_field(x, sigma)
 
     subs = [diffrax.SubSaveAt(t1=True)]
     if save_sigmas is not None:
@@ -85,6 +110,8 @@ def _pf_ode_kernel(score_fn, x_init, sigma_max, sigma_min, save_sigmas, solver, 
     trajectory = sol.ys[1] if save_sigmas is not None else None
     before = x
     if denoise:
+        if sde is not None:  # Tweedie's step in the data's coordinates
+            x = x / sde.scale_at(sigma_min)
         x, trajectory = tweedie_step(batched_score, x, sigma_min, trajectory)
     return x, trajectory, before, sol.stats, sol.result, sol.ts[0][-1]
 
@@ -102,11 +129,18 @@ def probability_flow_ode(
     dt0: float | None = None,
     max_steps: int = 4096,
     stepsize_controller: diffrax.AbstractStepSizeController | None = None,
+    sde: SDE | None = None,
     denoise: bool = False,
     throw: bool = True,
 ) -> SamplerResult:
     """Samples by solving the probability-flow ODE `dx/dsigma = -sigma score_fn(x, sigma)` from
     `sigma_max` down to `sigma_min` with diffrax.
+
+    With a scaled SDE (`sde=sm.VPSDE()`) the state is `y = s(sigma) x` and the ODE becomes
+    `dy/dsigma = (s'/s) y - s sigma score_fn(y / s, sigma)`: the same paths, scaled (Karras et
+    al. 2022), but a different error for a given step. In sigma the ODE depends on the SDE's
+    scale `s(sigma)` only, not on its clock (for the VP SDE `s = 1 / sqrt(1 + sigma^2)` whatever
+    `beta`); the VE SDE's is the default ODE.
 
     All particles are integrated in ONE jitted `diffeqsolve` over the `(n, *shape)` state (see
     the module docstring for why, and for the error norm). A given `score_fn` compiles once per
@@ -116,7 +150,8 @@ def probability_flow_ode(
     **Arguments:**
 
     - `score_fn`: `(x, sigma) -> score` for ONE example `x` of shape `(*shape)`.
-    - `x_init`: `(n, *shape)` particles at `sigma_max`, typically `sigma_max * N(0, I)`.
+    - `x_init`: `(n, *shape)` particles at `sigma_max` (in the SDE's coordinates), typically
+      `sigma_max * N(0, I)`; `sde.prior_sample(key, shape, sigma_max)` for a scaled SDE.
     - `sigma_max`, `sigma_min`: the noise levels at the start and the end (`sigma_min < sigma_max`).
     - `solver`: a diffrax ODE solver; default (None) the adaptive `diffrax.Tsit5()`.
     - `rtol`, `atol`: tolerances of the adaptive step-size controller (per particle); default
@@ -153,11 +188,13 @@ def probability_flow_ode(
     save = None if save_sigmas is None else check_save_sigmas(save_sigmas, sigma_max, sigma_min, dtype)
     denoise = check_bool("denoise", denoise)
     throw = check_bool("throw", throw)
+    sde = _check_sde(sde, sigma_max, sigma_min)
     check_score_fn(score_fn, x_init, conditional=True)
     smin = _sigma_scalar("sigma_min", sigma_min, dtype)
     x, trajectory, before, stats, result, reached = _pf_ode_kernel(
         score_fn, x_init, _sigma_scalar("sigma_max", sigma_max, dtype), smin, save, solver,
         controller, None if dt0 is None else jnp.asarray(dt0, dtype), max_steps, denoise,
+        *(() if sde is None else (sde,)),
     )
     check_solve("probability_flow_ode", result, reached, before, score_fn, sigma_min, max_steps)
     evals = score_evals(solver, stats["num_steps"])
@@ -207,17 +244,22 @@ def _gaussian_prior(sigma_max):
 
 @eqx.filter_jit
 def _log_likelihood_kernel(score_fn, x, sigma_min, sigma_max, prior_logp, probes, probe_scale,
-                           solver, controller, dt0, max_steps):
+                           solver, controller, dt0, max_steps, sde=None):
     """Integrates `(x, delta)` from `sigma_min` to `sigma_max` with `dx/dsigma = f(x, sigma) =
-    -sigma s(x, sigma)` and `d delta/dsigma = div f`, the divergence written as
-    `probe_scale * sum_j p_j^T (df/dx) p_j` over the probes `p_j` (the basis vectors for the
-    exact trace, random vectors for Hutchinson's estimator), each a forward-mode JVP."""
+    -sigma s(x, sigma)` (or the scaled field of `sde`) and `d delta/dsigma = div f`, the
+    divergence written as `probe_scale * sum_j p_j^T (df/dx) p_j` over the probes `p_j` (the
+    basis vectors for the exact trace, random vectors for Hutchinson's estimator), each a
+    forward-mode JVP."""
     per_example_probes = probes.ndim == x.ndim + 1  # (n, m, *shape) vs (m, *shape)
     if prior_logp is None:
-        prior_logp = _gaussian_prior(sigma_max)
+        prior_logp = _gaussian_prior(sigma_max if sde is None else sde.scale_at(sigma_max) * sigma_max)
+    field = None if sde is None else _scaled_field(sde, score_fn)
 
     def f_and_div(x1, sigma, p):
-        fx, jvp = jax.linearize(lambda y: -sigma * score_fn(y, sigma), x1)
+        if field is None:
+            fx, jvp = jax.linearize(lambda y: -sigma * score_fn(y, sigma), x1)
+        else:
+            fx, jvp = jax.linearize(lambda y: field(y, sigma), x1)
         jp = jax.vmap(jvp)(p)
         return fx, probe_scale * jnp.sum(p * jp)
 
@@ -297,6 +339,7 @@ def log_likelihood(
     dt0: float | None = None,
     max_steps: int = 4096,
     stepsize_controller: diffrax.AbstractStepSizeController | None = None,
+    sde: SDE | None = None,
 ) -> LikelihoodResult:
     """The log-density at noise level `sigma_min` of each example, by the instantaneous change of
     variables along the probability-flow ODE.
@@ -318,8 +361,9 @@ def log_likelihood(
     - `sigma_min`, `sigma_max`: the noise levels at the start (the density evaluated) and the
       end (the prior) of the integration.
     - `prior_logp`: the log-density at `sigma_max` of ONE example, `(*shape) -> scalar`; default
-      `N(0, sigma_max^2 I)`. (For the VE process the exact prior is the data convolved with
-      `N(0, sigma_max^2 I)`; the Gaussian is its approximation for large `sigma_max`.)
+      `N(0, sigma_max^2 I)` (`N(0, (s sigma_max)^2 I)` for a scaled SDE, `s = s(sigma_max)`). (For
+      the VE process the exact prior is the data convolved with `N(0, sigma_max^2 I)`; the
+      Gaussian is its approximation for large `sigma_max`.)
     - `exact_divergence`: the exact trace of the Jacobian (`d` forward-mode JVPs per
       evaluation, `d = prod(shape)`) or Hutchinson's unbiased estimator `p^T (df/dx) p` with
       `n_probes` random probes per example, fixed along the trajectory (one JVP each). Default:
@@ -332,6 +376,10 @@ def log_likelihood(
     - `solver`, `rtol`, `atol`, `dt0`, `max_steps`, `stepsize_controller`: as in
       `probability_flow_ode` (the error of the log-density term is controlled too); a `StepTo`
       grid runs upwards, from `sigma_min` to `sigma_max`.
+    - `sde`: as in `probability_flow_ode`: with a scaled SDE (`sm.VPSDE()`), `x` is in its
+      coordinates at `sigma_min` (`s(sigma_min) (x_data + sigma_min z)`) and the log-density is
+      that of the SDE's marginal there (`gm.vp_perturbed(sigma_min).log_prob` for the exact
+      score of a mixture `gm`).
 
     **Returns:** a `LikelihoodResult`: `log_prob` `(n,)`, `score_evals` and `stats`. A solve
     that fails, or a non-finite log-density, raises.
@@ -345,6 +393,7 @@ def log_likelihood(
     d = int(np.prod(x.shape[1:]))
     exact_divergence = d <= 16 if exact_divergence is None else check_bool("exact_divergence", exact_divergence)
     probes, probe_scale = _probes(x, exact_divergence, key, n_probes, probe)
+    sde = _check_sde(sde, sigma_max, sigma_min)
     check_score_fn(score_fn, x, conditional=True)
     if prior_logp is not None:
         _check_prior_logp(prior_logp, x.shape[1:], dtype)
@@ -353,6 +402,7 @@ def log_likelihood(
         _sigma_scalar("sigma_max", sigma_max, dtype), prior_logp, probes,
         jnp.asarray(probe_scale, dtype), solver, controller,
         None if dt0 is None else jnp.asarray(dt0, dtype), max_steps,
+        *(() if sde is None else (sde,)),
     )
     check_solve("log_likelihood", result, reached, x_reached, score_fn, sigma_max, max_steps)
     bad = jnp.sum(~jnp.isfinite(logp))

@@ -177,4 +177,4 @@ def info(name: str) -> dict:
 
 
 # Importing the chapter modules registers their recipes.
-from . import chapter1, chapter2, chapter3, chapter4, chapter5, chapter6, chapter7  # noqa: E402,F401
+from . import chapter1, chapter2, chapter3, chapter4, chapter5, chapter6, chapter7, chapter8  # noqa: E402,F401
