@@ -292,8 +292,7 @@ def mnist_fit(*, smoke: bool, peak=None) -> dict:
     model = sm.models.from_config(config["model"], jax.random.key(0))
     batch = 8 if smoke else int(config["batch_size"])
     steps = 4 if smoke else 160
-    sigmas = sm.zoo.chapter6.unet_sigmas(config)
-    loss_fn = sm.losses.multiscale_denoising_score_matching(sigmas)
+    loss_fn = sm.zoo.chapter6.unet_loss(config)  # the recipe's own loss (EDM weighting, log-normal sigmas)
     images = jax.random.uniform(jax.random.key(1), (512, 1, 28, 28))
     kw = dict(key=jax.random.key(2), batch_size=batch, ema_decay=config["ema_decay"], progress=False,
               chunk_size=steps // 2)
