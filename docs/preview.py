@@ -113,7 +113,8 @@ def load_pages(root: Path = ROOT) -> list[Page]:
 _HEADING = re.compile(r"^(#{2,6})[ \t]+(.*?)[ \t]*(?:\{([^{}\n]*)\})?[ \t]*$", re.M)
 _ATTR_ID = re.compile(r"#([A-Za-z][\w:.-]*)")
 _EQUATION = re.compile(r"\$\$((?:(?!\$\$).)+?)\$\$[ \t]*\{#(eq-[\w:.-]+)\}", re.S)
-_TABLE_CAPTION = re.compile(r"^:[ \t]+(.*?)[ \t]*\{#(tbl-[\w:.-]+)\}[ \t]*$", re.M)
+# A table caption (`: text {#tbl-label}`), which may run on over several lines, as in Pandoc.
+_TABLE_CAPTION = re.compile(r"^:[ \t]+((?:[^\n]+\n)*?[^\n]*?)[ \t]*\{#(tbl-[\w:.-]+)\}[ \t]*$", re.M)
 
 
 def collect_labels(pages: list[Page]) -> dict[str, tuple[str, str]]:

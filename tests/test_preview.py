@@ -167,3 +167,11 @@ def test_page_in_a_browser(name, built_preview, browser, screenshots):
     browser.set_window_size(1280, 1600)
     if name[0].isdigit() and "primer" not in name:
         assert images, f"{name}: a chapter page without a single image"
+
+
+def test_a_table_caption_may_run_over_several_lines():
+    """Pandoc (and quarto) let a `: caption {#tbl-...}` continue on the next lines; the preview
+    once left such a table unnumbered and its references unresolved (`?@tbl-...`)."""
+    text = "| a |\n|---|\n| 1 |\n\n: Four conventions. $z$ is the\nnetwork of this book. {#tbl-x}\n\nNext."
+    assert preview._TABLE_CAPTION.findall(text) == [("Four conventions. $z$ is the\nnetwork of this book.", "tbl-x")]
+    assert preview._TABLE_CAPTION.findall("| a |\n\n: One line. {#tbl-y}\n") == [("One line.", "tbl-y")]
