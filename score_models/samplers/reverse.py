@@ -162,7 +162,9 @@ def _run_reverse(sampler: str, score_fn, x_init, key, *, sigma_max, sigma_min, n
     x, trajectory, before = _reverse_kernel(score_fn, x_init, key, sigmas, variances, n_corrector,
                                             jnp.asarray(snr, dtype), every, denoise, scaled)
     traj_sigmas = None if every is None else frame_sigmas(sigmas[1:], sigmas[0], every, denoise, dtype)
-    hint = "more `n_steps`" + (" or a smaller `snr`" if n_corrector else "")
+    hint = "more `n_steps`" + (", a smaller `snr`, or a score that is not zero where the particles are "
+                               "(the corrector's step 2 (snr ||z|| / ||score||)^2 is infinite for a zero score)"
+                               if n_corrector else "")
     return finish(sampler, x, trajectory=trajectory, trajectory_sigmas=traj_sigmas,
                   before=before if denoise else None,
                   score_evals=n_steps * (1 + n_corrector) + int(denoise), throw=throw, hint=hint)
