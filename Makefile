@@ -5,7 +5,7 @@ PYTHON ?= python3
 SCORE_MODELS_DATA ?= $(abspath ../shared/data)
 export SCORE_MODELS_DATA
 
-.PHONY: book test test-fast artifacts benchmarks
+.PHONY: book test test-fast test-min artifacts benchmarks
 
 # Render the book from the committed notebook outputs: with quarto where it is installed, and
 # otherwise a preview (docs/preview.py: nbconvert HTML with navigation, offline MathJax) in _preview/.
@@ -24,6 +24,14 @@ test:
 # Unit tests only (no notebooks).
 test-fast:
 	SCORE_MODELS_ARTIFACTS=require $(PYTHON) -m pytest -p no:cacheprovider tests
+
+# The unit tests against the oldest versions pyproject.toml allows (constraints-min.txt), in a
+# fresh virtual environment (the tests import the checkout; tests/test_install.py covers installs).
+test-min:
+	rm -rf /tmp/venv-min && $(PYTHON) -m venv /tmp/venv-min
+	/tmp/venv-min/bin/pip install -q -c constraints-min.txt ".[test]"
+	rm -rf build
+	SCORE_MODELS_ARTIFACTS=require PYTHONPATH=$(CURDIR) /tmp/venv-min/bin/python -m pytest -p no:cacheprovider tests
 
 # Retrain every cached model from scratch.
 artifacts:

@@ -519,7 +519,8 @@ def render_page(page: Page, pages: list[Page], labels: dict, bib: Bibliography, 
     body = re.sub(r'<link[^>]*\bhref="https?://[^"]*"[^>]*>', "", body)
     for icon, text in PLAYER_ICONS.items():
         body = body.replace(f'<i class="fa {icon}"></i>', text)
-    body = body.replace("</head>", MATHJAX_FONTS + CSS + "</head>", 1)
+    # An empty icon: browsers would otherwise request favicon.ico, which a folder of pages lacks.
+    body = body.replace("</head>", '<link rel="icon" href="data:,">' + MATHJAX_FONTS + CSS + "</head>", 1)
     body = re.sub(r"(<body[^>]*>)", lambda m: m.group(1) + _nav(pages, page) + '<main class="book-page">',
                   body, count=1)
     body = body.replace("</body>", _page_links(pages, page) + "</main></body>", 1)

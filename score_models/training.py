@@ -95,7 +95,9 @@ def _train_chunk(step: _Step, carry: tuple, data: PyTree, key: PRNGKeyArray, fir
     def body(i, state):
         carry, losses = state
         loss, grads = step.loss_and_grads(data, carry[0], jax.random.fold_in(key, first + i))
-        carry = jax.lax.cond(i < count, step.update, lambda carry, grads: carry, carry, grads)
+        # (Closures, not the bound method: `cond` hashes its branches, and a model's static part
+        # need not be hashable.)
+        carry = jax.lax.cond(i < count, lambda c, g: step.update(c, g), lambda c, g: c, carry, grads)
         return carry, losses.at[i].set(loss)
 
     losses = jnp.full(capacity + 1, jnp.nan, jnp.float32)

@@ -414,6 +414,46 @@ def chapter_structure_problems(doc: Document) -> list[str]:
     return problems
 
 
+_RAW_HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*(\{[^{}]*\})?\s*#*\s*$", re.M)
+FURNITURE_SECTIONS = ("learning objectives", "key takeaways", "exercises")
+
+
+def furniture_problems(doc: Document) -> list[str]:
+    """Every chapter's furniture looks the same: "Learning objectives", "Key takeaways" and
+    "Exercises" are unnumbered level-2 sections (``{.unnumbered}``), and each exercise is a
+    ``### Exercise N`` heading, numbered 1, 2, ... (so exercises appear in the table of
+    contents and can be named by a syllabus)."""
+    problems = []
+    found = {name: False for name in FURNITURE_SECTIONS}
+    numbers = []
+    in_exercises = False
+    for cell in doc.markdown:
+        for m in _RAW_HEADING.finditer(_FENCED.sub(" ", cell.source)):
+            level, text, attrs = len(m.group(1)), m.group(2).strip(), m.group(3) or ""
+            lowered = text.lower()
+            if level == 2:
+                in_exercises = lowered.startswith("exercises")
+                for name in FURNITURE_SECTIONS:
+                    if lowered.startswith(name):
+                        found[name] = True
+                        if ".unnumbered" not in attrs:
+                            problems.append(f"{doc.name} (cell {cell.index}): '## {text}' needs "
+                                            "{.unnumbered}")
+            elif level == 3 and in_exercises:
+                em = re.match(r"Exercise (\d+)\b", text)
+                if em:
+                    numbers.append(int(em.group(1)))
+                else:
+                    problems.append(f"{doc.name} (cell {cell.index}): heading '### {text}' in the "
+                                    "Exercises section is not '### Exercise N: ...'")
+    problems += [f"{doc.name}: no '## {name.capitalize()} {{.unnumbered}}' section"
+                 for name, ok in found.items() if not ok]
+    if numbers != list(range(1, len(numbers) + 1)) or len(numbers) < MIN_COLLAPSED_SOLUTIONS:
+        problems.append(f"{doc.name}: exercise headings are numbered {numbers}; expected "
+                        f"'### Exercise 1', '### Exercise 2', ... (at least {MIN_COLLAPSED_SOLUTIONS})")
+    return problems
+
+
 # ---------------------------------------------------------------------------------------------
 # Executed notebooks
 # ---------------------------------------------------------------------------------------------

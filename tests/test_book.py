@@ -186,6 +186,32 @@ def test_chapter_structure(rel):
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.parametrize("rel", NOTEBOOKS)
+def test_chapter_furniture(rel):
+    """Objectives, takeaways and exercises unnumbered; exercises as '### Exercise N' headings."""
+    problems = book.furniture_problems(book.load_document(_path(rel)))
+    assert not problems, "\n".join(problems)
+
+
+def test_notation_table_is_in_the_book_and_linked(config):
+    """The notation table is a page of the book, and the preface points readers to it."""
+    files = book.book_files(config)
+    assert "notation.qmd" in files, "notation.qmd is not listed in _quarto.yml"
+    preface = (book.ROOT / "index.qmd").read_text(encoding="utf-8")
+    labels = book.document_labels(book.load_document(book.ROOT / "notation.qmd"))
+    linked = "notation.qmd" in preface or any(f"@{label}" in preface for label in labels)
+    assert linked, "index.qmd does not link to the notation table (notation.qmd or @sec-notation)"
+    table = [line for line in (book.ROOT / "notation.qmd").read_text().splitlines() if line.startswith("|")]
+    assert len(table) >= 10, "the notation table has fewer than 8 symbols"
+
+
+def test_jax_primer_comes_before_chapter_1(config):
+    chapters = book.book_chapters(config)
+    primer = [c for c in chapters if "primer" in c]
+    assert primer, "no JAX primer among the chapters of _quarto.yml"
+    assert chapters.index(primer[0]) < chapters.index("notebooks/01_score_functions.ipynb")
+
+
 def test_environment_yml_matches_pyproject():
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     env = yaml.safe_load((book.ROOT / "environment.yml").read_text(encoding="utf-8"))
@@ -459,3 +485,21 @@ def test_cell_options():
     }
     assert book.cell_options("x = 1\n#| label: late") == {}
     assert "__invalid__" in book.cell_options("#| label: [unclosed")
+
+
+def test_furniture_checker():
+    good = _notebook(
+        ("md", "## Learning objectives {.unnumbered}\n\n- a"),
+        ("md", "## Key takeaways {.unnumbered}\n\n- b"),
+        ("md", "## Exercises {.unnumbered}\n\n### Exercise 1: one\n\nDo it."),
+        ("md", "### Exercise 2: two\n\nDo it too."),
+    )
+    assert book.furniture_problems(book.parse_notebook(good, "good")) == []
+    bad = _notebook(
+        ("md", "## Learning objectives\n\n- a"),
+        ("md", "## Exercises {.unnumbered}\n\n**Exercise 1.** Do it.\n\n### Exercise 3: x"),
+    )
+    problems = book.furniture_problems(book.parse_notebook(bad, "bad"))
+    assert any("needs {.unnumbered}" in p for p in problems)
+    assert any("Key takeaways" in p for p in problems)
+    assert any("numbered [3]" in p for p in problems)

@@ -39,7 +39,8 @@ RAW_LATEX = re.compile(r"\\(?:frac|sigma|nabla|mathbb|mathcal|sum|int|log|begin|
 
 # MathJax's native-MathML output asks for its TeX fonts for \\mathbb and \\mathcal; the
 # jupyter-server-mathjax package does not ship them, and the browser falls back to its own fonts.
-MISSING_MATHJAX_FONT = re.compile(r"mathjax/fonts/HTML-CSS/TeX/otf/MathJax_\w+-\w+\.otf - Failed to load")
+# Which font format a browser asks for first (otf, woff, eot) depends on its version.
+MISSING_MATHJAX_FONT = re.compile(r"mathjax/fonts/HTML-CSS/TeX/\w+/MathJax_\w+-\w+\.\w+ - Failed to load")
 
 
 def _require_browser():

@@ -370,3 +370,33 @@ def test_data_parallel_over_two_host_devices_matches_one_device():
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "DATA PARALLEL OK" in proc.stdout
+
+
+class ListNet(eqx.Module):
+    """Layers in a list and a static list field, as `from_config` builds from JSON (lists)."""
+
+    layers: list
+    widths: list = eqx.field(static=True)
+
+    def __init__(self, key):
+        self.widths = [1, 8, 1]
+        keys = jax.random.split(key, 2)
+        self.layers = [eqx.nn.Linear(a, b, key=k) for a, b, k in zip(self.widths[:-1], self.widths[1:], keys)]
+
+    def __call__(self, x):
+        return self.layers[1](jnp.tanh(self.layers[0](x)))
+
+
+def test_models_with_unhashable_parts_train_and_compile_once(gaussian_data):
+    traces = []
+
+    def loss(model, batch, key):
+        traces.append(1)
+        return DSM(model, batch, key)
+
+    opt = optax.adam(1e-2)
+    run = dict(steps=20, batch_size=32, progress=False, ema_decay=0.9)
+    a, h = sm.fit(ListNet(jax.random.key(0)), loss, gaussian_data, opt, key=jax.random.key(1), **run)
+    n = len(traces)
+    b, _ = sm.fit(ListNet(jax.random.key(5)), loss, gaussian_data, opt, key=jax.random.key(1), **run)
+    assert len(traces) == n and np.all(np.isfinite(h["loss"])) and not leaves_equal(a, b)
