@@ -491,6 +491,27 @@ def test_pf_ode_sampler_with_the_exact_gaussian_score():
     assert abs(x.std() - expected_sd) < 4 * expected_sd / np.sqrt(2 * x.size)
 
 
+def test_bits_per_dim_with_the_exact_gaussian_score():
+    """With a zero-initialised EDM U-Net (the exact score of N(m, sd^2 I) at every level) the
+    probability-flow ODE's density at sigma_min is N(m, (sd^2 + sigma_min^2) I), the prior
+    N(m, sigma_max^2 I) is exact up to sd^2 / sigma_max^2, and a Rademacher probe gives the exact
+    trace of the isotropic Jacobian: the bits/dim of the dequantized images must match the
+    closed form to the solver's tolerance, for every probe."""
+    edm = sm.models.from_config({**TINY_UNET, "preconditioning": "edm"}, jax.random.key(0))
+    x = np.asarray(jax.random.randint(jax.random.key(4), (4, 28, 28), 0, 256), np.uint8)
+    key = jax.random.key(5)
+    kw = dict(sigma_min=0.002, sigma_max=16.0, rtol=1e-5, atol=1e-5)
+    bits, evals = chapter6.test_bits_per_dim(edm, x, key, n_probes=2, chunk_size=2, **kw)
+    assert bits.shape == (4, 2) and evals.shape == (2, 2) and np.all(evals > 0)
+    y = mnist.dequantize(jax.random.split(key)[0], x).reshape(4, -1).astype(np.float64)
+    var = TINY_UNET["data_std"] ** 2 + kw["sigma_min"] ** 2
+    log_p = -0.5 * np.sum((y - TINY_UNET["data_mean"]) ** 2 / var + np.log(2 * np.pi * var), axis=1)
+    expected = mnist.bits_per_dim(log_p, mnist.N_PIXELS)
+    np.testing.assert_allclose(bits, np.repeat(expected[:, None], 2, axis=1), atol=2e-3)
+    with pytest.raises(ValueError, match="chunk_size"):
+        chapter6.test_bits_per_dim(edm, x, key, n_probes=1, chunk_size=3, **kw)
+
+
 def test_result_arrays_round_trip(artifact_dir):
     spec = {"pixels": [[3, 28, 28], "uint8"], "bits": [[3, 2], "float32"]}
     skeleton = sm.models.from_config({"type": "ResultArrays", "spec": spec})
