@@ -633,3 +633,11 @@ def test_unet_refuses_bad_channels(channels):
     """Reliability case 55: `UNet(channels=0)` was a TypeError ('int' object is not iterable)."""
     with pytest.raises(ValueError, match="`channels`"):
         UNet(channels=channels, key=jax.random.key(0))
+
+
+def test_sampler_schedule_names_the_bad_argument():
+    """Reliability case 303: reversed noise levels name `sigma_min`/`sigma_max`, a bad `rho` names `rho`."""
+    with pytest.raises(ValueError, match="`sigma_min` and `sigma_max`.*sigma_min=5.0, sigma_max=0.1"):
+        chapter6.edm_sigmas(10, sigma_min=5.0, sigma_max=0.1)
+    with pytest.raises(ValueError, match="`rho`"):
+        chapter6.edm_sigmas(10, sigma_min=0.1, sigma_max=5.0, rho=0.0)

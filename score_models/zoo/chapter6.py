@@ -314,8 +314,11 @@ def edm_sigmas(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> 
     """`n` noise levels from `sigma_max` down to `sigma_min`, equally spaced in `sigma^(1/rho)`
     (Karras et al. 2022, eq. 5). Descending, float32."""
     n = check_positive_int("n", n)
-    if not 0 < sigma_min < sigma_max or not rho > 0:
-        raise ValueError(f"Need 0 < sigma_min < sigma_max and rho > 0; got {sigma_min}, {sigma_max}, {rho}.")
+    if not 0 < sigma_min < sigma_max:
+        raise ValueError(f"`sigma_min` and `sigma_max` must satisfy 0 < sigma_min < sigma_max, "
+                         f"got sigma_min={sigma_min!r}, sigma_max={sigma_max!r}.")
+    if not rho > 0:
+        raise ValueError(f"`rho` must be positive, got {rho!r}.")
     t = np.linspace(0.0, 1.0, n)
     s = (sigma_max ** (1 / rho) + t * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
     s[0], s[-1] = sigma_max, sigma_min
