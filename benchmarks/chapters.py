@@ -130,8 +130,8 @@ def guide_table(results: dict) -> str:
     rows.append(f"| all | {_duration(total_run)} | {_duration(total_retrain)} | |")
     caption = (f": Measured on {m['cpu_count']} CPU cores ({m['processor']}, JAX {m['jax']}, "
                f"{m['devices']} device), load average {m['load_average_start']:.1f} at the start; "
-               f"wall-clock times, imports and compilation included. \\* the U-Net's time is its "
-               f"recorded build (`history.build_seconds` in its sidecar). "
+               f"wall-clock times, imports and compilation included. \\* recorded build times "
+               f"(`history.build_seconds` in each sidecar) instead of a fresh retrain. "
                f"{{#tbl-chapter-times}}")
     return "\n".join(rows) + "\n\n" + caption
 
