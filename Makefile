@@ -16,10 +16,11 @@ book:
 	  echo "'conda env create -f environment.yml'); rendering a preview without it instead."; \
 	  $(PYTHON) docs/preview.py --out _preview; fi
 
-# Every unit test and every chapter notebook (nbval, lax mode) against the cached artifacts.
+# Every unit test and every chapter notebook (nbval, lax mode) against the cached artifacts, one
+# worker per core (pytest-xdist; --dist loadfile keeps each notebook's cells in order in one kernel).
 test:
 	$(PYTHON) -m pip install -q -e ".[test]"
-	SCORE_MODELS_ARTIFACTS=require $(PYTHON) -m pytest --nbval-lax -p no:cacheprovider tests notebooks
+	SCORE_MODELS_ARTIFACTS=require $(PYTHON) -m pytest -n auto --dist loadfile --nbval-lax -p no:cacheprovider tests notebooks
 
 # Unit tests only (no notebooks).
 test-fast:
