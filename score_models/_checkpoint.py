@@ -209,5 +209,8 @@ class Checkpoint:
         atomic_write(self.path, MAGIC + json.dumps(header, sort_keys=True).encode() + b"\n" + payload)
 
     def remove(self) -> None:
-        """Deletes the checkpoint file (when training has finished)."""
+        """Deletes the checkpoint file (when training has finished), and the temporary files of
+        writes that were killed half-way (`atomic_write` names them `.NAME.*.tmp`)."""
         self.path.unlink(missing_ok=True)
+        for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
