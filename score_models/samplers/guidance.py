@@ -32,6 +32,7 @@ from .._checks import (
     is_concrete,
 )
 from ._scan import scan_with_trajectory, tweedie_step
+from .langevin import annealed_step_sizes
 from .result import SamplerResult, finish, frame_sigmas
 
 __all__ = ["ClassLogLikelihood", "ClassifierFreeScore", "GuidedScore", "class_log_likelihood",
@@ -309,14 +310,7 @@ def inpaint(
         check_finite("x_init", x_init)
         x_init = x_init.astype(dtype)
     check_score_fn(score_fn, x_known, conditional=True)
-    alphas = eps * sigmas**2 / sigmas[-1] ** 2
-    if is_concrete(alphas) and not np.all(np.isfinite(np.asarray(alphas))):
-        raise ValueError(
-            f"The step sizes `eps * sigma_i^2 / sigma_L^2` overflow {dtype}: `eps` ({eps}) or the range "
-            f"of `sigmas` ({float(sigmas[0])} / {float(sigmas[-1])}) is too large."
-        )
-    per_step_sigmas = jnp.repeat(sigmas, n_steps_each)
-    per_step_alphas = jnp.repeat(alphas, n_steps_each)
+    per_step_sigmas, per_step_alphas = annealed_step_sizes(eps, sigmas, n_steps_each, dtype)
     levels = jnp.repeat(jnp.arange(n_levels), n_steps_each)
     x, trajectory, before = _inpaint_kernel(score_fn, x_init, x_known, jnp.asarray(mask), key_run,
                                             per_step_sigmas, per_step_alphas, levels, n_levels, every, denoise)

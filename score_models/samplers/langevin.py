@@ -160,14 +160,7 @@ def annealed_langevin(
     denoise = check_bool("denoise", denoise)
     throw = check_bool("throw", throw)
     check_score_fn(score_fn, x_init, conditional=True)
-    alphas = eps * sigmas**2 / sigmas[-1] ** 2
-    if is_concrete(alphas) and not np.all(np.isfinite(np.asarray(alphas))):
-        raise ValueError(
-            f"The step sizes `eps * sigma_i^2 / sigma_L^2` overflow {x_init.dtype}: `eps` ({eps}) "
-            f"or the range of `sigmas` ({float(sigmas[0])} / {float(sigmas[-1])}) is too large."
-        )
-    per_step_sigmas = jnp.repeat(sigmas, n_steps_each)
-    per_step_alphas = jnp.repeat(alphas, n_steps_each)
+    per_step_sigmas, per_step_alphas = annealed_step_sizes(eps, sigmas, n_steps_each, x_init.dtype)
     x, trajectory, before = _annealed_kernel(score_fn, x_init, key, per_step_sigmas, per_step_alphas,
                                              every, denoise)
     traj_sigmas = None if every is None else frame_sigmas(per_step_sigmas, sigmas[0], every, denoise,
@@ -175,3 +168,16 @@ def annealed_langevin(
     return finish("annealed_langevin", x, trajectory=trajectory, trajectory_sigmas=traj_sigmas,
                   before=before if denoise else None, score_evals=total + int(denoise), throw=throw,
                   hint="a smaller `eps`")
+
+
+def annealed_step_sizes(eps, sigmas: Array, n_steps_each: int, dtype) -> tuple[Array, Array]:
+    """Algorithm 1's schedule, one entry per step: the level `sigma_i` and the step size
+    `alpha_i = eps * sigma_i^2 / sigma_L^2`, each repeated `n_steps_each` times. Raises if the
+    step sizes overflow `dtype`."""
+    alphas = eps * sigmas**2 / sigmas[-1] ** 2
+    if is_concrete(alphas) and not np.all(np.isfinite(np.asarray(alphas))):
+        raise ValueError(
+            f"The step sizes `eps * sigma_i^2 / sigma_L^2` overflow {dtype}: `eps` ({eps}) "
+            f"or the range of `sigmas` ({float(sigmas[0])} / {float(sigmas[-1])}) is too large."
+        )
+    return jnp.repeat(sigmas, n_steps_each), jnp.repeat(alphas, n_steps_each)
