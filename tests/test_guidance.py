@@ -513,3 +513,32 @@ def test_guided_sampling_builds_the_guided_score_of_the_digit(guided_registry, t
     else:
         assert isinstance(score_fn, sm.samplers.GuidedScore) and int(score_fn.log_likelihood.label) == 7
         assert float(score_fn.scale) == 3.0
+
+
+
+def test_chapter6_loss_with_label_dropout_trains_labels_and_the_null_label():
+    """Chapter 6's EDM loss with `label_dropout` (chapter 7's class-conditional U-Net): dropout 1
+    is the loss of the unconditional score `with_label(None)`; dropout 0 passes every label."""
+    from score_models.zoo import chapter6
+
+    model = sm.models.ClassConditionalUNet({**TINY_UNET, "image_shape": [1, 8, 8]}, n_classes=3, key=jax.random.key(0))
+    params, static = eqx.partition(model, eqx.is_inexact_array)     # a new U-Net's output layer is zero:
+    leaves, tree = jax.tree_util.tree_flatten(params)                # perturb every weight
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    model = eqx.combine(jax.tree_util.tree_unflatten(
+        tree, [a + 0.3 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)]), static)
+    x = jax.random.uniform(jax.random.key(2), (6, 1, 8, 8))
+    labels = jnp.full((6,), 2)
+    noise = {"distribution": "log_normal", "log_mean": -1.2, "log_std": 1.2}
+    loss = lambda p, **kw: chapter6.denoising_loss(noise, weighting="edm", sigma_data=0.3, **kw)  # noqa: E731
+    key = jax.random.key(3)
+    dropped = loss(None, label_dropout=1.0, null_label=3)(model, (x, labels), key)
+    kept = loss(None, label_dropout=0.0, null_label=3)(model, (x, labels), key)
+    assert float(dropped) == pytest.approx(float(loss(None)(model.with_label(None), x, key)), rel=1e-5)
+    assert float(kept) == pytest.approx(float(loss(None)(model.with_label(2), x, key)), rel=1e-5)
+    assert abs(float(kept) - float(dropped)) > 1e-3 * float(dropped)
+    for bad in (1.5, True):
+        with pytest.raises(ValueError, match="`label_dropout`"):
+            chapter6.denoising_loss(noise, label_dropout=bad, null_label=3)
+    with pytest.raises(ValueError, match="`null_label`"):
+        chapter6.denoising_loss(noise, label_dropout=0.2)

@@ -175,7 +175,7 @@ def draw_sigmas(noise: dict, key: PRNGKeyArray, n: int) -> Float[Array, " n"]:
 
 
 def denoising_loss(noise: dict, *, weighting: str = "sigma2", sigma_data: float = 0.5,
-                   dequantize: bool = False):
+                   dequantize: bool = False, label_dropout: float | None = None, null_label: int | None = None):
     """Denoising score matching for images over a distribution of noise levels:
 
         1/2 E_sigma E_{x, z} w(sigma) ||s(x + sigma z, sigma) + z / sigma||^2 / D
@@ -187,21 +187,35 @@ def denoising_loss(noise: dict, *, weighting: str = "sigma2", sigma_data: float 
     loss is O(1). With `dequantize`, each 8-bit training image `k/255` becomes `(k + u)/256`,
     `u ~ U[0, 1)` (the continuous data whose density `score_models.mnist.bits_per_dim` measures).
 
-    Returns `loss_fn(model, batch, key)` for `fit`; `batch` is `(n, *shape)`.
+    Returns `loss_fn(model, batch, key)` for `fit`; `batch` is `(n, *shape)`. With
+    `label_dropout=p` the model is class-conditional, `model(x, sigma, label)`, `batch` is
+    `(images, labels)`, and each label is replaced by `null_label` ("no label") with probability
+    `p` (Ho & Salimans 2022), so one network learns the conditional and the unconditional score
+    that classifier-free guidance combines.
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"`weighting` must be one of {WEIGHTINGS}, got {weighting!r}.")
     draw_sigmas(noise, jax.random.key(0), 1)  # checks the distribution's name and entries now
+    if label_dropout is not None:
+        if isinstance(label_dropout, bool) or not 0.0 <= float(label_dropout) <= 1.0:
+            raise ValueError(f"`label_dropout` must be a number in [0, 1], got {label_dropout!r}.")
+        if isinstance(null_label, bool) or not isinstance(null_label, (int, np.integer)) or null_label < 0:
+            raise ValueError(f"With `label_dropout`, `null_label` must be a non-negative integer, got {null_label!r}.")
 
     def loss_fn(model, batch, key):
         key_u, key_s, key_z = jax.random.split(key, 3)
-        x = batch
+        if label_dropout is None:
+            x, labels = batch, None
+        else:
+            x, labels = batch
+            key_u, key_d = jax.random.split(key_u)
+            labels = jnp.where(jax.random.bernoulli(key_d, label_dropout, labels.shape), null_label, labels)
         if dequantize:
             x = (jnp.round(x * 255.0) + jax.random.uniform(key_u, x.shape, x.dtype)) / 256.0
         sigma = draw_sigmas(noise, key_s, x.shape[0]).astype(x.dtype)
         z = jax.random.normal(key_z, x.shape, x.dtype)
         sigma_b = sigma.reshape(-1, *([1] * (x.ndim - 1)))
-        s = jax.vmap(model)(x + sigma_b * z, sigma)
+        s = jax.vmap(model)(x + sigma_b * z, sigma) if labels is None else jax.vmap(model)(x + sigma_b * z, sigma, labels)
         per_example = jnp.mean(((sigma_b * s + z) ** 2).reshape(x.shape[0], -1), axis=1)
         if weighting == "edm":
             per_example = per_example * (sigma**2 + sigma_data**2) / sigma_data**2
@@ -227,24 +241,32 @@ UNET_CONFIG = {
 
 
 def unet_loss(config: dict):
-    """The training loss a U-Net config names."""
+    """The training loss a U-Net config names. A config whose loss has a `"label_dropout"`
+    trains a class-conditional model (`{"type": "ClassConditionalUNet", "unet": ..., "n_classes"}`)
+    on `(images, labels)`, with the null label `n_classes`."""
     spec = config["loss"]
     if spec.get("name") != "denoising_loss":
         raise ValueError(f"`config['loss']['name']` must be 'denoising_loss', got {spec.get('name')!r}.")
-    return denoising_loss(config["noise"], weighting=spec["weighting"], sigma_data=config["model"]["data_std"],
-                          dequantize=spec["dequantize"])
+    model = config["model"]
+    conditional = spec.get("label_dropout") is not None
+    unet = model["unet"] if conditional else model
+    return denoising_loss(config["noise"], weighting=spec["weighting"], sigma_data=unet["data_std"],
+                          dequantize=spec["dequantize"], label_dropout=spec.get("label_dropout"),
+                          null_label=model["n_classes"] if conditional else None)
 
 
 def train_unet(config: dict, *, checkpoint: Path | None = None, progress: bool = True):
-    """Trains the U-Net a config describes; returns `(model, history, metrics)`."""
-    x, _ = mnist_split(config["data"])
+    """Trains the U-Net a config describes (a class-conditional one, on images and labels, when
+    its loss has a `"label_dropout"`); returns `(model, history, metrics)`."""
+    x, y = mnist_split(config["data"])
+    data = x if config["loss"].get("label_dropout") is None else (x, y)
     k_model, k_fit = jax.random.split(jax.random.key(config["seed"]))
     model = from_config(config["model"], key=k_model)
     steps = config["steps"]
     machine = _machine()
     resumed = checkpoint is not None and checkpoint.exists()
     t0 = time.perf_counter()
-    model, history = fit(model, unet_loss(config), x, optax.adam(_schedule(config["optimizer"], steps)),
+    model, history = fit(model, unet_loss(config), data, optax.adam(_schedule(config["optimizer"], steps)),
                          steps=steps, key=k_fit, batch_size=config["batch_size"], ema_decay=config["ema_decay"],
                          checkpoint=checkpoint, progress=progress)
     machine["load_average_at_end"] = os.getloadavg()[0]
