@@ -53,7 +53,7 @@ RUNS = {
                                      "sigma_max": 16.0}, "loss": {"weighting": "sigma2"}, "ema_decay": 0.998}, {}),
     "R7": ("R3 with log-normal noise centred at log sigma = -1.7 (EDM's -1.2 rescaled to the data's std 0.31)",
            {"steps": 1800, "noise": {"log_mean": -1.7}, "ema_decay": 0.998}, {}),
-    "R8": ("R3 with a wider U-Net (channels 48, 96) for about the same wall time (1,000 steps)",
+    "R8": ("R3 with a wider U-Net (channels 48, 96) for fewer steps (1,000)",
            {"steps": 1000, "model": {"channels": [48, 96]}, "ema_decay": 0.997}, {}),
     "R6": ("R3 at batch 128 for about the same wall time (830 steps)",
            {"steps": 830, "batch_size": 128, "optimizer": {"warmup_steps": 100}, "ema_decay": 0.996}, {}),

@@ -120,10 +120,11 @@ class ClassConditionalUNet(eqx.Module):
     learned embedding (a row of `label_embedding`) is added to the U-Net's noise embedding, which
     every residual block already receives. Label `n_classes` (`null_label`) means "no label".
 
-    The embeddings start at zero, so a new model is exactly its U-Net for every label: fine-tuned
-    from a trained unconditional U-Net with label dropout
-    (`losses.class_conditional_denoising_score_matching`), it learns the labels while its
-    unconditional score stays that of the U-Net it started from.
+    The embeddings start at zero, so a new model is exactly its U-Net for every label. Train it
+    with label dropout (chapter 6's loss with `label_dropout`, or
+    `losses.class_conditional_denoising_score_matching`) so that it learns the conditional and
+    the unconditional score. Chapter 7 trains it from scratch: fine-tuned from a trained
+    unconditional U-Net for 1,500 steps, its labels changed the score by under 1%.
 
     **Arguments:**
 

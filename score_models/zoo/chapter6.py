@@ -483,11 +483,11 @@ for _sampler, _config in SAMPLE_SETS.items():
 # (adaptive Tsit5), Hutchinson's estimator with one Rademacher probe per solve, `n_probes`
 # independent solves per image; each image uniformly dequantized once. The images are a random
 # subset of the test split (its first and last 5,000 images come from different writers, so the
-# first 200 would not be representative); their indices are stored with the results.
+# first 1,000 would not be representative); their indices are stored with the results.
 TEST_BITS_CONFIG = {
     "unet": UNET_CONFIG,
     "data": TEST,
-    "n_images": 200,
+    "n_images": 1000,
     "n_probes": 2,
     "sigma_min": 0.002,
     "sigma_max": 16.0,
@@ -495,14 +495,14 @@ TEST_BITS_CONFIG = {
     "atol": 1e-4,
     "chunk_size": 50,
     "seed": 2,
-    "model": {"type": "ResultArrays", "spec": {"bits_per_dim": [[200, 2], "float32"],
-                                               "score_evals": [[4, 2], "int32"],
-                                               "indices": [[200], "int32"]}},
+    "model": {"type": "ResultArrays", "spec": {"bits_per_dim": [[1000, 2], "float32"],
+                                               "score_evals": [[20, 2], "int32"],
+                                               "indices": [[1000], "int32"]}},
 }
 
 
 @recipe("mnist_test_bits", chapter=6, config=TEST_BITS_CONFIG,
-        description="bits/dim of 200 random MNIST test images under mnist_unet (PF-ODE, Hutchinson, 2 probes)")
+        description="bits/dim of 1,000 random MNIST test images under mnist_unet (PF-ODE, Hutchinson, 2 probes)")
 def build_test_bits(config):
     unet = load("mnist_unet")
     images, _ = data.mnist_uint8(config["data"]["split"])

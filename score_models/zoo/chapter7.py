@@ -294,7 +294,7 @@ def build_conditional_mnist(config):
 
 GUIDANCE_KINDS = ("classifier", "free")
 # The scale `score-models sample mnist --digit K` uses for each kind (chosen in the chapter).
-CLI_SCALE = {"classifier": 2.0, "free": 2.0}
+CLI_SCALE = {"classifier": 4.0, "free": 2.0}
 
 
 def mnist_guided_score(kind: str, digit: int, scale: float, *, unet=None, classifier=None, conditional=None):
