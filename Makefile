@@ -20,7 +20,7 @@ book:
 # worker per core (pytest-xdist; --dist loadfile keeps each notebook's cells in order in one kernel).
 test:
 	$(PYTHON) -m pip install -q -e ".[test]"
-	SCORE_MODELS_ARTIFACTS=require $(PYTHON) -m pytest -n auto --dist loadfile --nbval-lax -p no:cacheprovider tests notebooks
+	SCORE_MODELS_ARTIFACTS=require $(PYTHON) -m pytest -n auto --dist loadfile --durations=20 --nbval-lax -p no:cacheprovider tests notebooks
 
 # Unit tests only (no notebooks).
 test-fast:

@@ -516,17 +516,20 @@ def test_guided_sampling_builds_the_guided_score_of_the_digit(guided_registry, t
 
 
 
+def _perturbed(model, key, scale: float = 0.3):
+    """`model` with Gaussian noise of std `scale` added to every weight."""
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    noisy = [a + scale * jax.random.normal(k, a.shape) for a, k in zip(leaves, jax.random.split(key, len(leaves)))]
+    return eqx.combine(jax.tree_util.tree_unflatten(tree, noisy), static)
+
 def test_chapter6_loss_with_label_dropout_trains_labels_and_the_null_label():
     """Chapter 6's EDM loss with `label_dropout` (chapter 7's class-conditional U-Net): dropout 1
     is the loss of the unconditional score `with_label(None)`; dropout 0 passes every label."""
     from score_models.zoo import chapter6
 
     model = sm.models.ClassConditionalUNet({**TINY_UNET, "image_shape": [1, 8, 8]}, n_classes=3, key=jax.random.key(0))
-    params, static = eqx.partition(model, eqx.is_inexact_array)     # a new U-Net's output layer is zero:
-    leaves, tree = jax.tree_util.tree_flatten(params)                # perturb every weight
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    model = eqx.combine(jax.tree_util.tree_unflatten(
-        tree, [a + 0.3 * jax.random.normal(k, a.shape) for a, k in zip(leaves, keys)]), static)
+    model = _perturbed(model, jax.random.key(1))              # a new U-Net's output layer is zero
     x = jax.random.uniform(jax.random.key(2), (6, 1, 8, 8))
     labels = jnp.full((6,), 2)
     noise = {"distribution": "log_normal", "log_mean": -1.2, "log_std": 1.2}
@@ -542,3 +545,18 @@ def test_chapter6_loss_with_label_dropout_trains_labels_and_the_null_label():
             chapter6.denoising_loss(noise, label_dropout=bad, null_label=3)
     with pytest.raises(ValueError, match="`null_label`"):
         chapter6.denoising_loss(noise, label_dropout=0.2)
+
+
+def test_label_effect_is_zero_for_labels_that_change_nothing():
+    """`chapter7.label_effect` is the check that caught a class-conditional U-Net ignoring its
+    labels: zero for a new model (zero label embeddings), positive once the labels move it."""
+    from score_models.zoo import chapter7
+
+    model = sm.models.ClassConditionalUNet({**TINY_UNET, "image_shape": [1, 8, 8]}, n_classes=3, key=jax.random.key(0))
+    model = _perturbed(model, jax.random.key(1))
+    images = jax.random.uniform(jax.random.key(2), (6, 1, 8, 8))
+    sigmas = jnp.array([1.0, 0.1])
+    same = eqx.tree_at(lambda m: m.label_embedding, model, jnp.zeros_like(model.label_embedding))
+    assert chapter7.label_effect(same, images, sigmas, jax.random.key(3)) == [0.0, 0.0]
+    effect = chapter7.label_effect(model, images, sigmas, jax.random.key(3))
+    assert len(effect) == 2 and all(e > 1e-3 for e in effect)
