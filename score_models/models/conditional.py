@@ -17,19 +17,11 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from .._checks import as_real_scalar, check_noise_level, check_positive, check_positive_int, is_concrete
+from .._checks import check_positive_int, is_concrete
 from .config import register
-from .mlp import _check_input, log_sigma_embedding
+from .mlp import check_data_std, noise_conditional_input
 
 __all__ = ["ClassConditionalMLP", "NoiseConditionalClassifier", "WithLabel"]
-
-
-def _sigma(sigma, x):
-    sigma = jnp.asarray(sigma, dtype=x.dtype)
-    if sigma.shape != ():
-        raise ValueError(f"`sigma` must be a scalar, got shape {tuple(sigma.shape)}.")
-    check_noise_level("sigma", sigma, x.dtype)
-    return sigma
 
 
 def check_label(label, n_labels: int, what: str) -> Int[Array, ""]:
@@ -70,18 +62,14 @@ class NoiseConditionalClassifier(eqx.Module):
         self.dim = check_positive_int("dim", dim)
         self.n_classes = check_positive_int("n_classes", n_classes)
         self.n_frequencies = check_positive_int("n_frequencies", n_frequencies)
-        check_positive("data_std", as_real_scalar("data_std", data_std))
-        self.data_std = float(data_std)
+        self.data_std = check_data_std(data_std)
         self.net = eqx.nn.MLP(self.dim + 2 * self.n_frequencies + 1, self.n_classes,
                               check_positive_int("width", width), check_positive_int("depth", depth),
                               activation=activation, key=key)
 
     def __call__(self, x: Float[Array, " d"], sigma) -> Float[Array, " n_classes"]:
         """The class logits of ONE noisy point `x: (d,)` at noise level `sigma` (a scalar)."""
-        _check_input(x, self.dim)
-        sigma = _sigma(sigma, x)
-        h = jnp.concatenate([x / jnp.sqrt(sigma**2 + self.data_std**2),
-                             log_sigma_embedding(sigma, self.n_frequencies)])
+        h, _ = noise_conditional_input(x, sigma, self.dim, self.data_std, self.n_frequencies)
         return self.net(h)
 
 
@@ -125,8 +113,7 @@ class ClassConditionalMLP(eqx.Module):
         self.dim = check_positive_int("dim", dim)
         self.n_classes = check_positive_int("n_classes", n_classes)
         self.n_frequencies = check_positive_int("n_frequencies", n_frequencies)
-        check_positive("data_std", as_real_scalar("data_std", data_std))
-        self.data_std = float(data_std)
+        self.data_std = check_data_std(data_std)
         in_size = self.dim + 2 * self.n_frequencies + 1 + self.n_classes + 1
         self.net = eqx.nn.MLP(in_size, self.dim, check_positive_int("width", width),
                               check_positive_int("depth", depth), activation=activation, key=key)
@@ -139,13 +126,9 @@ class ClassConditionalMLP(eqx.Module):
     def __call__(self, x: Float[Array, " d"], sigma, label) -> Float[Array, " d"]:
         """The score at ONE point `x: (d,)`, noise level `sigma` and integer `label` (in
         `[0, n_classes]`, `n_classes` for none)."""
-        _check_input(x, self.dim)
-        sigma = _sigma(sigma, x)
+        h, sigma = noise_conditional_input(x, sigma, self.dim, self.data_std, self.n_frequencies)
         label = check_label(label, self.n_classes + 1, f"in [0, {self.n_classes}] ({self.n_classes}: no label)")
-        h = jnp.concatenate([x / jnp.sqrt(sigma**2 + self.data_std**2),
-                             log_sigma_embedding(sigma, self.n_frequencies),
-                             jax.nn.one_hot(label, self.n_classes + 1, dtype=x.dtype)])
-        return self.net(h) / sigma
+        return self.net(jnp.concatenate([h, jax.nn.one_hot(label, self.n_classes + 1, dtype=x.dtype)])) / sigma
 
     def with_label(self, label: int | None) -> WithLabel:
         """The score function `(x, sigma)` given `label` (None: the unconditional score)."""

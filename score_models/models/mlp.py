@@ -56,6 +56,26 @@ def log_sigma_embedding(sigma, n_frequencies: int) -> Float[Array, " e"]:
     return jnp.concatenate([log_sigma[None], jnp.sin(angles), jnp.cos(angles)])
 
 
+def check_data_std(data_std) -> float:
+    """`data_std` as a positive float (the std a noise-conditional model rescales its input by)."""
+    check_positive("data_std", as_real_scalar("data_std", data_std))
+    return float(data_std)
+
+
+def noise_conditional_input(x: Float[Array, " d"], sigma, dim: int, data_std: float,
+                            n_frequencies: int) -> tuple[Float[Array, " f"], Float[Array, ""]]:
+    """The input of the noise-conditional MLPs for ONE point `x: (d,)` at level `sigma`: `x`
+    rescaled to unit variance, `x / sqrt(sigma^2 + data_std^2)`, then `log_sigma_embedding`,
+    shape `(d + 2 n_frequencies + 1,)`; and `sigma` as a checked scalar of `x`'s dtype."""
+    _check_input(x, dim)
+    sigma = jnp.asarray(sigma, dtype=x.dtype)
+    if sigma.shape != ():
+        raise ValueError(f"`sigma` must be a scalar, got shape {tuple(sigma.shape)}.")
+    check_noise_level("sigma", sigma, x.dtype)
+    features = jnp.concatenate([x / jnp.sqrt(sigma**2 + data_std**2), log_sigma_embedding(sigma, n_frequencies)])
+    return features, sigma
+
+
 class NoiseConditionalMLP(eqx.Module):
     """A noise-conditional score network `s(x, sigma)`: `(d,), () -> (d,)`.
 
@@ -85,8 +105,7 @@ class NoiseConditionalMLP(eqx.Module):
                  activation: Callable = jax.nn.silu, key: PRNGKeyArray):
         self.dim = check_positive_int("dim", dim)
         self.n_frequencies = check_positive_int("n_frequencies", n_frequencies)
-        check_positive("data_std", as_real_scalar("data_std", data_std))
-        self.data_std = float(data_std)
+        self.data_std = check_data_std(data_std)
         self.scale_by_sigma = bool(scale_by_sigma)
         in_size = self.dim + 2 * self.n_frequencies + 1
         self.net = eqx.nn.MLP(in_size, self.dim, check_positive_int("width", width),
@@ -95,12 +114,6 @@ class NoiseConditionalMLP(eqx.Module):
     def __call__(self, x: Float[Array, " d"], sigma: Float[Array, ""]) -> Float[Array, " d"]:
         """The score at ONE point `x` of shape `(d,)` and noise level `sigma` (a scalar);
         returns shape `(d,)`."""
-        _check_input(x, self.dim)
-        sigma = jnp.asarray(sigma, dtype=x.dtype)
-        if sigma.shape != ():
-            raise ValueError(f"`sigma` must be a scalar, got shape {tuple(sigma.shape)}.")
-        check_noise_level("sigma", sigma, x.dtype)
-        x_in = x / jnp.sqrt(sigma**2 + self.data_std**2)
-        h = jnp.concatenate([x_in, log_sigma_embedding(sigma, self.n_frequencies)])
+        h, sigma = noise_conditional_input(x, sigma, self.dim, self.data_std, self.n_frequencies)
         out = self.net(h)
         return out / sigma if self.scale_by_sigma else out
